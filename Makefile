@@ -1,0 +1,48 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEEDS ?= 1000
+SIM_ARGS ?=
+
+MAKEFLAGS += --no-print-directory
+
+.PHONY: install test lint typecheck importlint pytest demo sim clean
+
+install: $(STAMP)
+
+# (Re)install whenever the venv is missing or pyproject.toml changed.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check node operator tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+importlint: $(STAMP)
+	$(BIN)/lint-imports
+
+pytest: $(STAMP)
+	$(BIN)/pytest -n 2
+
+# Recipes run in order and make stops at the first failure.
+test: $(STAMP)
+	$(MAKE) lint
+	$(MAKE) typecheck
+	$(MAKE) importlint
+	$(MAKE) pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m taskraft.sim.demo
+
+sim: $(STAMP)
+	$(BIN)/python -m taskraft.sim --seeds $(SEEDS) $(SIM_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist
+	find . -name '*.egg-info' -prune -exec rm -rf {} +
+	find . -name __pycache__ -prune -exec rm -rf {} +
