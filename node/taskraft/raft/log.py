@@ -37,8 +37,11 @@ class RaftLog:
         self.persisted_index = self.last_index()
         # True when `snapshot` was received from the leader and is not on stable storage yet.
         self.snapshot_unpersisted = False
-        self._configuration_indices: list[LogIndex] = [
-            e.index for e in self._entries if e.kind is EntryKind.CONFIGURATION
+        # Configuration entries of the log, decoded once: (index, configuration), in log order.
+        self._configurations: list[tuple[LogIndex, Configuration]] = [
+            (e.index, Configuration.decode(e.data))
+            for e in self._entries
+            if e.kind is EntryKind.CONFIGURATION
         ]
 
     # -- positions ---------------------------------------------------------------------------
@@ -98,20 +101,20 @@ class RaftLog:
 
     def configuration(self) -> Configuration:
         """The latest configuration in the log, which is the one in force (thesis 4.1)."""
-        if self._configuration_indices:
-            return Configuration.decode(self.entry_at(self._configuration_indices[-1]).data)
+        if self._configurations:
+            return self._configurations[-1][1]
         return self.snapshot.metadata.configuration
 
     def configuration_index(self) -> LogIndex:
         """Index of the entry that set the current configuration (the snapshot's if none)."""
-        if self._configuration_indices:
-            return self._configuration_indices[-1]
+        if self._configurations:
+            return self._configurations[-1][0]
         return self.snapshot.metadata.index
 
     def configuration_at(self, index: LogIndex) -> Configuration:
-        for configuration_index in reversed(self._configuration_indices):
+        for configuration_index, configuration in reversed(self._configurations):
             if configuration_index <= index:
-                return Configuration.decode(self.entry_at(configuration_index).data)
+                return configuration
         return self.snapshot.metadata.configuration
 
     # -- changes -----------------------------------------------------------------------------
@@ -122,7 +125,7 @@ class RaftLog:
             assert entry.index == self.last_index() + 1, "appended entries must be contiguous"
             self._entries.append(entry)
             if entry.kind is EntryKind.CONFIGURATION:
-                self._configuration_indices.append(entry.index)
+                self._configurations.append((entry.index, Configuration.decode(entry.data)))
 
     def merge_from_leader(self, entries: tuple[Entry, ...]) -> None:
         """Append the leader's entries after a matching prefix, cutting any conflicting suffix.
@@ -145,8 +148,8 @@ class RaftLog:
     def _truncate_from(self, index: LogIndex) -> None:
         assert index > self.committed, f"truncating committed entry {index} <= {self.committed}"
         del self._entries[index - self.snapshot.metadata.index - 1 :]
-        while self._configuration_indices and self._configuration_indices[-1] >= index:
-            self._configuration_indices.pop()
+        while self._configurations and self._configurations[-1][0] >= index:
+            self._configurations.pop()
         self.persisted_index = LogIndex(min(self.persisted_index, index - 1))
 
     def slice(self, low: int, high: int, size_max_bytes: int) -> tuple[Entry, ...]:
@@ -191,14 +194,14 @@ class RaftLog:
         index = snapshot.metadata.index
         assert self.snapshot.metadata.index < index <= self.applied
         del self._entries[: index - self.snapshot.metadata.index]
-        self._configuration_indices = [i for i in self._configuration_indices if i > index]
+        self._configurations = [(i, c) for i, c in self._configurations if i > index]
         self.snapshot = snapshot
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the whole log by a snapshot received from the leader (thesis 5.3)."""
         assert snapshot.metadata.index > self.committed
         self._entries = []
-        self._configuration_indices = []
+        self._configurations = []
         self.snapshot = snapshot
         self.committed = snapshot.metadata.index
         self.applied = snapshot.metadata.index

@@ -157,7 +157,7 @@ class RaftNode:
 
     def campaign(self) -> None:
         """Start an election now, as an expired election timeout would (with PreVote if enabled)."""
-        if self.role is Role.LEADER or self.id not in self.log.configuration().voters:
+        if self.role is Role.LEADER or not self._may_campaign():
             return
         self._campaign(pre_vote=self.options.pre_vote, transfer=False)
         self._after_input()
@@ -268,6 +268,8 @@ class RaftNode:
     # -- the Ready batch ---------------------------------------------------------------------
 
     def has_ready(self) -> bool:
+        persisted = self._persisted_hard_state
+        reported = self._reported_soft_state
         return bool(
             self._messages
             or self._messages_after_persist
@@ -276,8 +278,11 @@ class RaftNode:
             or self.log.snapshot_unpersisted
             or self.log.persisted_index < self.log.last_index()
             or self.log.applied < self.log.committed
-            or self._hard_state() != self._persisted_hard_state
-            or self._soft_state() != self._reported_soft_state
+            or self.term != persisted.term
+            or self.vote != persisted.vote
+            or self.log.committed != persisted.commit
+            or self.role is not reported.role
+            or self.leader_id != reported.leader_id
         )
 
     def ready(self) -> Ready:
@@ -317,7 +322,7 @@ class RaftNode:
         self_messages, self._self_messages_after_persist = self._self_messages_after_persist, []
         for message in self_messages:
             self._dispatch(message)
-        if self.role is Role.LEADER and self._maybe_commit():
+        if self.role is Role.LEADER and self._maybe_commit() and self.role is Role.LEADER:
             self._broadcast_append()
         self._after_input()
 
@@ -395,7 +400,8 @@ class RaftNode:
         self._set_leader(self.id)
         self._reset_role_state()
         configuration = self.log.configuration()
-        for member in configuration.members - {self.id}:
+        # Sorted, here and below: set order varies between processes and a seed must replay.
+        for member in sorted(configuration.members - {self.id}):
             self.progress[member] = self._new_progress()
         # A no-op of the new term lets the leader commit (and learn the commit index) at once.
         noop = Entry(self.term, LogIndex(self.log.last_index() + 1), EntryKind.NOOP)
@@ -436,11 +442,24 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed < self._randomized_election_timeout:
-            return
-        self.election_elapsed = 0
-        if self.id in self.log.configuration().voters:
+        # A learner keeps counting: its silence since the last leader message must show, or it
+        # would believe forever that the leader is alive and refuse every vote (4.2.3).
+        if self.election_elapsed >= self._randomized_election_timeout and self._may_campaign():
+            self.election_elapsed = 0
             self._campaign(pre_vote=self.options.pre_vote, transfer=False)
+
+    def _may_campaign(self) -> bool:
+        """Voters campaign; so does a node that an uncommitted change is removing (thesis 4.2.2).
+
+        Until the removal commits the node may hold the only log that has it; if it could not
+        campaign, a two-voter cluster whose leader removed itself could never elect again.
+        """
+        if self.id in self.log.configuration().voters:
+            return True
+        configuration_index = self.log.configuration_index()
+        if configuration_index <= self.log.committed:
+            return False
+        return self.id in self.log.configuration_at(LogIndex(configuration_index - 1)).voters
 
     def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
         if pre_vote:
@@ -533,7 +552,7 @@ class RaftNode:
             else:
                 self._handle_snapshot_chunk(message)
         elif isinstance(message, TimeoutNow):
-            if self.role is not Role.LEADER and self.id in self.log.configuration().voters:
+            if self.role is not Role.LEADER and self._may_campaign():
                 self._campaign(pre_vote=False, transfer=True)
         elif isinstance(message, ReadIndexRequest):
             self._handle_read_request(message)
@@ -654,7 +673,7 @@ class RaftNode:
         members = self.log.configuration().members - {self.id}
         for removed in set(self.progress) - members:
             del self.progress[removed]
-        for added in members - set(self.progress):
+        for added in sorted(members - set(self.progress)):
             self.progress[added] = self._new_progress()
         if self.leadership_transferee is not None and self.leadership_transferee not in members:
             self.leadership_transferee = None
@@ -737,6 +756,8 @@ class RaftNode:
             if progress.state is ProgressState.PROBE:
                 progress.become_replicate()
             if self._maybe_commit():
+                if self.role is not Role.LEADER:
+                    return
                 self._broadcast_append()
         elif progress.match_index < self.log.last_index() and progress.is_paused():
             # Answers stopped matching what we sent: an append was probably lost. Free a slot and
