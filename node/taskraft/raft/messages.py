@@ -43,7 +43,8 @@ class AppendEntries:
     """Replicates entries, or with no entries is a heartbeat (thesis 3.5).
 
     `read_round` carries the leader's latest ReadIndex round so followers' answers confirm it
-    (thesis 6.4).
+    (thesis 6.4). A `heartbeat` claims only what the leader knows matches; its answer tells the
+    leader whether appends to that follower were lost.
     """
 
     sender: NodeId
@@ -54,6 +55,7 @@ class AppendEntries:
     entries: tuple[Entry, ...]
     leader_commit: LogIndex
     read_round: int = 0
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class AppendEntriesResponse:
     conflict_index: LogIndex = LogIndex(0)
     conflict_term: Term | None = None
     read_round: int = 0
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -575,6 +575,21 @@ class RaftNode:
     # -- replication: follower side ----------------------------------------------------------
 
     def _handle_append(self, message: AppendEntries) -> None:
+        if message.heartbeat:
+            # Within a term only this leader writes our log, so we hold its entries up to the
+            # match index it bounded leader_commit by.
+            self.log.commit_to(min(message.leader_commit, self.log.last_index()))
+            self._send_after_persist(
+                AppendEntriesResponse(
+                    self.id,
+                    message.sender,
+                    self.term,
+                    success=True,
+                    read_round=message.read_round,
+                    heartbeat=True,
+                )
+            )
+            return
         previous_index = message.previous_log_index
         previous_term = message.previous_log_term
         entries = message.entries
@@ -724,19 +739,20 @@ class RaftNode:
                 if progress.snapshot_index != self.log.snapshot.metadata.index:
                     progress.become_snapshot(self.log.snapshot.metadata.index)
                 self._send_snapshot_chunk(peer, progress)
-            # The heartbeat claims only what the leader knows matches, so it never gets rejected
-            # for a gap: its answers prove the follower is with us (CheckQuorum, ReadIndex).
-            match_term = self.log.term_at(progress.match_index)
+            # A heartbeat carries no log position, so it is never rejected: its answer proves the
+            # follower is with us (CheckQuorum, ReadIndex). It lets the follower commit only what
+            # the leader knows the follower holds: up to its match index (etcd does the same).
             self._send(
                 AppendEntries(
                     self.id,
                     peer,
                     self.term,
-                    progress.match_index,
-                    match_term if match_term is not None else Term(0),
+                    LogIndex(0),
+                    Term(0),
                     (),
-                    self.log.committed,
+                    LogIndex(min(self.log.committed, progress.match_index)),
                     self._read_round,
+                    heartbeat=True,
                 )
             )
 
@@ -745,6 +761,15 @@ class RaftNode:
     ) -> None:
         if message.read_round:
             self._acknowledge_read_round(message.sender, message.read_round)
+        if message.heartbeat:
+            if progress.match_index < self.log.last_index():
+                # The follower is still behind: an append may have been lost. Free a slot and
+                # send an append (empty if need be), which the follower rejects if it has a gap.
+                if progress.state is ProgressState.REPLICATE and progress.is_paused():
+                    progress.inflight.popleft()
+                progress.probe_sent = False
+                self._send_append(message.sender, allow_empty=True)
+            return
         if not message.success:
             if message.rejected_index == 0 and message.conflict_index == 0:
                 return
@@ -759,12 +784,6 @@ class RaftNode:
                 if self.role is not Role.LEADER:
                     return
                 self._broadcast_append()
-        elif progress.match_index < self.log.last_index() and progress.is_paused():
-            # Answers stopped matching what we sent: an append was probably lost. Free a slot and
-            # send an empty append, which the follower rejects if it has a gap (etcd does the same).
-            if progress.inflight:
-                progress.inflight.popleft()
-            self._send_append(message.sender, allow_empty=True)
         if (
             message.sender == self.leadership_transferee
             and progress.match_index == self.log.last_index()
@@ -772,8 +791,6 @@ class RaftNode:
             self._send(TimeoutNow(self.id, message.sender, self.term))
         while self._send_append(message.sender):
             pass
-        if message.match_index == progress.match_index < self.log.last_index():
-            self._send_append(message.sender, allow_empty=True)
 
     def _next_index_after_conflict(self, message: AppendEntriesResponse) -> LogIndex:
         if message.conflict_term is None:

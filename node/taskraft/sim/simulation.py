@@ -496,13 +496,22 @@ class Simulation:
             node.crash_at_next_ready = False
             if node.raft is None:
                 self.start(node)
-        deadline = self.now + self.settings.liveness_ticks_max
+        # The faults may have left a long uncommitted suffix that the new leader must replicate
+        # first. With the smallest batch and window the simulator draws, the leader still moves
+        # at least one entry per round trip (two ticks on the healed network).
+        backlog = max(
+            node.raft.log.last_index() - node.raft.commit_index
+            for node in self.nodes.values()
+            if node.raft is not None
+        )
+        liveness_ticks = self.settings.liveness_ticks_max + 2 * backlog
+        deadline = self.now + liveness_ticks
         marker: str | None = None
         while marker is None or marker not in self.acknowledged:
             if self.now >= deadline:
                 raise SafetyViolation(
-                    f"liveness: no leader committed a proposal within "
-                    f"{self.settings.liveness_ticks_max} ticks of healing"
+                    f"liveness: no leader committed a proposal within {liveness_ticks} ticks of "
+                    f"healing (backlog of {backlog} uncommitted entries)"
                 )
             if marker is None or marker not in self._pending:
                 marker = self._propose_marker()
@@ -523,15 +532,21 @@ class Simulation:
         return None
 
     def _wait_for_catch_up(self) -> None:
-        deadline = self.now + self.settings.catch_up_ticks_max
+        # As in the liveness phase, allow a round trip per entry a node is behind.
+        behind = max(
+            self.checker.highest_applied - node.raft.applied_index
+            for node in self.nodes.values()
+            if node.raft is not None
+        )
+        catch_up_ticks = self.settings.catch_up_ticks_max + 2 * behind
+        deadline = self.now + catch_up_ticks
         while True:
             leaders = self.leaders()
             if len(leaders) == 1 and self._members_caught_up(leaders[0]):
                 return
             if self.now >= deadline:
                 raise SafetyViolation(
-                    f"liveness: members did not catch up within "
-                    f"{self.settings.catch_up_ticks_max} ticks"
+                    f"liveness: members did not catch up within {catch_up_ticks} ticks"
                 )
             self.step_tick()
 
