@@ -517,7 +517,9 @@ class RaftNode:
 
     def _handle_vote_response(self, message: RequestVoteResponse) -> None:
         if message.pre_vote:
-            if self.role is not Role.PRE_CANDIDATE or message.term != self.term + 1:
+            # Grants carry the term we would campaign in; refusals carry the voter's own term,
+            # which is ours here (a higher one made us follow it, a lower one was dropped).
+            if self.role is not Role.PRE_CANDIDATE or message.term not in (self.term, self.term + 1):
                 return
         elif self.role is not Role.CANDIDATE or message.term != self.term:
             return

@@ -1,0 +1,1 @@
+"""Scenario tests for the Raft core: a text interpreter and its transcripts in testdata/."""
