@@ -519,7 +519,8 @@ class RaftNode:
         if message.pre_vote:
             # Grants carry the term we would campaign in; refusals carry the voter's own term,
             # which is ours here (a higher one made us follow it, a lower one was dropped).
-            if self.role is not Role.PRE_CANDIDATE or message.term not in (self.term, self.term + 1):
+            campaign_terms = (self.term, self.term + 1)
+            if self.role is not Role.PRE_CANDIDATE or message.term not in campaign_terms:
                 return
         elif self.role is not Role.CANDIDATE or message.term != self.term:
             return
