@@ -21,6 +21,8 @@ from taskraft.sim.simulation import (
 )
 
 CLUSTER_SIZES = (1, 3, 5)
+# A long run reports how far it got, so an interrupted run still says which seeds passed.
+PROGRESS_EVERY_SEEDS = 100
 
 
 def settings_for(
@@ -45,12 +47,20 @@ def run_many(
     results: list[SimulationResult] = []
     failures: list[str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for _settings, outcome in pool.map(run_one, all_settings, chunksize=4):
+        outcomes = pool.map(run_one, all_settings, chunksize=4)
+        for done, (settings, outcome) in enumerate(outcomes, start=1):
             if isinstance(outcome, str):
                 failures.append(outcome)
                 print(f"FAILED {outcome}", file=sys.stderr, flush=True)
             else:
                 results.append(outcome)
+            if done % PROGRESS_EVERY_SEEDS == 0:
+                print(
+                    f"... {done} seeds done, through seed {settings.seed}: "
+                    f"{len(failures)} failed",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return results, failures
 
 
