@@ -103,6 +103,8 @@ class InstallSnapshotResponse:
     snapshot_index: LogIndex
     next_offset: int
     done: bool
+    # The follower will not take this snapshot (larger than its snapshot_size_max_bytes).
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,10 @@ from taskraft.raft.types import (
     Term,
 )
 
+# Waits between retries of a refused snapshot double up to 2**6 election timeouts (about two
+# minutes at the server's tick), so an operator's fix is picked up without hammering meanwhile.
+SNAPSHOT_REFUSAL_BACKOFF_DOUBLINGS_MAX = 6
+
 
 class InvariantViolation(AssertionError):
     """The core found its own state impossible: a bug, never an operating condition."""
@@ -134,6 +138,9 @@ class RaftNode:
         self._read_round = 0
         self._pending_reads: deque[_PendingRead] = deque()
         self._reads_awaiting_term_commit: list[_PendingRead] = []
+        # Reads this follower forwarded to the leader and still waits for, oldest first; answers
+        # for anything else (late, duplicated, or from before a restart) are ignored.
+        self._forwarded_reads: dict[int, None] = {}
         self._snapshot_reception: _SnapshotReception | None = None
         self._messages: list[Message] = []
         self._messages_after_persist: list[Message] = []
@@ -233,6 +240,9 @@ class RaftNode:
             return
         if target not in self.log.configuration().voters:
             raise MembershipChangeError(f"{target} is not a voter and cannot lead")
+        if target == self.leadership_transferee:
+            # Already under way: a retry must not extend its deadline.
+            return
         self.leadership_transferee = target
         self._transfer_elapsed = 0
         if self.progress[target].match_index == self.log.last_index():
@@ -242,10 +252,19 @@ class RaftNode:
         self._after_input()
 
     def read_index(self, request_id: int) -> None:
-        """Start a linearizable read; its `ReadState` appears in a later `Ready` (thesis 6.4)."""
+        """Start a linearizable read; its `ReadState` appears in a later `Ready` (thesis 6.4).
+
+        `request_id` must be unique across restarts of this node (the server draws a random
+        64-bit start): an answer to a request of an earlier incarnation must never match a new
+        one. A read that gets no answer (lost message, leader change) is the caller's to time out.
+        """
         if self.role is Role.LEADER:
             self._start_read(request_id, self.id)
         elif self.role is Role.FOLLOWER and self.leader_id is not None:
+            if len(self._forwarded_reads) >= self.options.pending_reads_max:
+                # The oldest forwarded read has most likely been lost: forget it.
+                del self._forwarded_reads[next(iter(self._forwarded_reads))]
+            self._forwarded_reads[request_id] = None
             self._send(ReadIndexRequest(self.id, self.leader_id, self.term, request_id))
         else:
             raise NotLeaderError(self.leader_id)
@@ -481,7 +500,10 @@ class RaftNode:
                     RequestVoteResponse(self.id, self.id, campaign_term, True, pre_vote)
                 )
                 continue
-            self._send(
+            # After persist: the request vouches for our term and our log (last index and term),
+            # and a grant for a log we then lose in a crash could elect a leader without
+            # committed entries.
+            self._send_after_persist(
                 RequestVote(
                     self.id,
                     voter,
@@ -517,10 +539,11 @@ class RaftNode:
 
     def _handle_vote_response(self, message: RequestVoteResponse) -> None:
         if message.pre_vote:
-            # Grants carry the term we would campaign in; refusals carry the voter's own term,
-            # which is ours here (a higher one made us follow it, a lower one was dropped).
-            campaign_terms = (self.term, self.term + 1)
-            if self.role is not Role.PRE_CANDIDATE or message.term not in campaign_terms:
+            # Grants carry the term we would campaign in (a grant of our own term is left over
+            # from an earlier pre-campaign); refusals carry the voter's own term, which is ours
+            # here (a higher one made us follow it, a lower one was dropped).
+            expected_term = self.term + 1 if message.granted else self.term
+            if self.role is not Role.PRE_CANDIDATE or message.term != expected_term:
                 return
         elif self.role is not Role.CANDIDATE or message.term != self.term:
             return
@@ -560,6 +583,9 @@ class RaftNode:
         elif isinstance(message, ReadIndexRequest):
             self._handle_read_request(message)
         elif isinstance(message, ReadIndexResponse):
+            if message.request_id not in self._forwarded_reads:
+                return
+            del self._forwarded_reads[message.request_id]
             if message.success:
                 self._read_states.append(ReadState(message.request_id, message.index))
         elif self.role is Role.LEADER:
@@ -656,8 +682,19 @@ class RaftNode:
             self._answer_snapshot(message, next_offset=len(reception.data), done=False)
             return
         if len(reception.data) + len(message.data) > self.options.snapshot_size_max_bytes:
-            # Refuse rather than buffer without bound; the leader retries from the start.
+            # Refuse rather than buffer without bound; the leader backs off before retrying.
             self._snapshot_reception = None
+            self._send_after_persist(
+                InstallSnapshotResponse(
+                    self.id,
+                    message.sender,
+                    self.term,
+                    metadata.index,
+                    0,
+                    done=False,
+                    refused=True,
+                )
+            )
             return
         reception.data += message.data
         if not message.done:
@@ -705,7 +742,7 @@ class RaftNode:
         if progress.state is ProgressState.SNAPSHOT:
             return False
         if progress.next_index < self.log.first_index():
-            progress.become_snapshot(self.log.snapshot.metadata.index)
+            progress.become_snapshot(self.log.snapshot)
             self._send_snapshot_chunk(peer, progress)
             return True
         if progress.is_paused():
@@ -738,10 +775,6 @@ class RaftNode:
 
     def _send_heartbeats(self) -> None:
         for peer, progress in self.progress.items():
-            if progress.state is ProgressState.SNAPSHOT:
-                if progress.snapshot_index != self.log.snapshot.metadata.index:
-                    progress.become_snapshot(self.log.snapshot.metadata.index)
-                self._send_snapshot_chunk(peer, progress)
             # A heartbeat carries no log position, so it is never rejected: its answer proves the
             # follower is with us (CheckQuorum, ReadIndex). It lets the follower commit only what
             # the leader knows the follower holds: up to its match index (etcd does the same).
@@ -804,7 +837,9 @@ class RaftNode:
         return LogIndex(last_of_term + 1)
 
     def _send_snapshot_chunk(self, peer: NodeId, progress: Progress) -> None:
-        snapshot = self.log.snapshot
+        snapshot = progress.snapshot
+        assert snapshot is not None
+        progress.snapshot_chunk_unanswered_ticks = 0
         size = self.options.snapshot_chunk_size_max_bytes
         offset = progress.snapshot_offset
         chunk = snapshot.data[offset : offset + size]
@@ -818,10 +853,16 @@ class RaftNode:
     ) -> None:
         if progress.state is not ProgressState.SNAPSHOT:
             return
-        if message.snapshot_index != progress.snapshot_index:
+        if message.snapshot_index != progress.snapshot_index():
+            return
+        if message.refused:
+            progress.snapshot_refusals += 1
+            progress.snapshot_offset = 0
+            progress.snapshot_chunk_unanswered_ticks = 0
             return
         if message.done:
-            progress.acknowledge(progress.snapshot_index)
+            progress.snapshot_refusals = 0
+            progress.acknowledge(progress.snapshot_index())
             progress.become_probe()
             self._send_append(message.sender, allow_empty=True)
             return
@@ -873,6 +914,24 @@ class RaftNode:
         if self._heartbeat_elapsed >= self.options.heartbeat_interval_ticks:
             self._heartbeat_elapsed = 0
             self._send_heartbeats()
+            self._retry_snapshot_chunks()
+
+    def _retry_snapshot_chunks(self) -> None:
+        """Resend a snapshot chunk that went unanswered for an election timeout.
+
+        One chunk is in flight per follower; answers drive the next one. Only silence resends, so
+        a slow follower never gets a pile of copies. A follower that refused the snapshot is
+        retried after exponentially longer waits.
+        """
+        for peer, progress in self.progress.items():
+            if progress.state is not ProgressState.SNAPSHOT:
+                continue
+            progress.snapshot_chunk_unanswered_ticks += self.options.heartbeat_interval_ticks
+            backoff = 2 ** min(progress.snapshot_refusals, SNAPSHOT_REFUSAL_BACKOFF_DOUBLINGS_MAX)
+            if progress.snapshot_chunk_unanswered_ticks >= (
+                self.options.election_timeout_ticks * backoff
+            ):
+                self._send_snapshot_chunk(peer, progress)
 
     def _quorum_recently_active(self) -> bool:
         configuration = self.log.configuration()

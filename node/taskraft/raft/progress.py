@@ -14,7 +14,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-from taskraft.raft.types import LogIndex
+from taskraft.raft.types import LogIndex, Snapshot
 
 
 class ProgressState(enum.Enum):
@@ -35,10 +35,13 @@ class Progress:
     inflight: deque[LogIndex] = field(default_factory=deque)
     # Heard from since the last CheckQuorum round.
     recently_active: bool = False
-    # In SNAPSHOT: which snapshot is being sent, and the offset of the next chunk to send.
-    snapshot_index: LogIndex = LogIndex(0)
+    # In SNAPSHOT: the snapshot being sent (kept even if the leader compacts again meanwhile, so
+    # the transfer finishes), the offset of the chunk in flight, and how long it went unanswered.
+    snapshot: Snapshot | None = None
     snapshot_offset: int = 0
-    snapshot_chunk_outstanding: bool = False
+    snapshot_chunk_unanswered_ticks: int = 0
+    # Times the follower refused a snapshot (too large for it); retries back off exponentially.
+    snapshot_refusals: int = 0
 
     def __post_init__(self) -> None:
         assert 0 <= self.match_index < self.next_index, "0 <= match < next must hold"
@@ -46,6 +49,7 @@ class Progress:
     def become_probe(self) -> None:
         """Restart probing just after the known match."""
         self.state = ProgressState.PROBE
+        self.snapshot = None
         self.next_index = LogIndex(self.match_index + 1)
         self.probe_sent = False
         self.inflight.clear()
@@ -56,12 +60,16 @@ class Progress:
         self.probe_sent = False
         self.inflight.clear()
 
-    def become_snapshot(self, snapshot_index: LogIndex) -> None:
+    def become_snapshot(self, snapshot: Snapshot) -> None:
         self.state = ProgressState.SNAPSHOT
-        self.snapshot_index = snapshot_index
+        self.snapshot = snapshot
         self.snapshot_offset = 0
-        self.snapshot_chunk_outstanding = False
+        self.snapshot_chunk_unanswered_ticks = 0
         self.inflight.clear()
+
+    def snapshot_index(self) -> LogIndex:
+        assert self.snapshot is not None
+        return self.snapshot.metadata.index
 
     def is_paused(self) -> bool:
         """Whether the leader must hold off sending more appends to this follower."""

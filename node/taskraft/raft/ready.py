@@ -2,11 +2,13 @@
 
 This type carries the durability contract of the whole system. For each `Ready` the driver must:
 
-1. Persist `snapshot` (if any), then `entries` (first truncating any stored entries at or after
+1. Persist `snapshot` (if any; it replaces every stored entry, since the log it came with
+   diverged or was behind), then `entries` (first truncating any stored entries at or after
    `entries[0].index`), then `hard_state` (if any), and fsync. A failed fsync stops the node.
 2. Send `messages`. They may go out before or during step 1: they never promise anything about
-   this node's disk (this is how the leader writes its log in parallel with replicating it,
-   thesis 10.2.1).
+   this node's disk. Only the leader's replication is sent this way, which is how the leader
+   writes its log in parallel with replicating it (thesis 10.2.1); everything a vote or an
+   acknowledgement depends on waits for step 3.
 3. Only after step 1 completed, send `messages_after_persist`: votes and acknowledgements of
    entries, which are promises that the fsync made true. Sending them earlier can lose committed
    entries or elect two leaders after a crash.
