@@ -1,0 +1,48 @@
+"""Storage that lives in memory, with the crash semantics of a real disk.
+
+Used by tests and the simulator: `persist` is "durable" the moment it returns, and a crash is
+modelled by building a new node from `load()`, which returns exactly what was persisted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskraft.raft import Entry, HardState, PersistedState, Snapshot
+
+
+class MemoryStorage:
+    def __init__(self, initial: PersistedState | None = None) -> None:
+        initial = initial or PersistedState()
+        self.hard_state = initial.hard_state
+        self.snapshot = initial.snapshot
+        self.entries: list[Entry] = list(initial.entries)
+
+    def load(self) -> PersistedState:
+        return PersistedState(self.hard_state, self.snapshot, tuple(self.entries))
+
+    def persist(
+        self,
+        *,
+        snapshot: Snapshot | None,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+    ) -> None:
+        if snapshot is not None:
+            self.snapshot = snapshot
+            self.entries = []
+        if entries:
+            first = entries[0].index
+            if self.entries and first <= self.entries[-1].index:
+                del self.entries[max(0, first - self.entries[0].index) :]
+            self.entries.extend(entries)
+        if hard_state is not None:
+            self.hard_state = hard_state
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        index = snapshot.metadata.index
+        self.entries = [entry for entry in self.entries if entry.index > index]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,49 @@
+"""The narrow interface through which a node's driver makes Raft state durable.
+
+The Raft core never touches a disk: its `Ready` batch says what must be persisted, and the driver
+hands that to a `RaftStorage`. Every method that writes returns only once the data is durable
+(fsynced), because the driver sends votes and acknowledgements as soon as it returns. A failed
+fsync raises `StorageFailure` and the node must stop: an fsync is never retried, since after a
+failure the kernel may have dropped the dirty pages and a retry could falsely report success.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from taskraft.raft import Entry, HardState, PersistedState, Snapshot
+
+
+class StorageError(Exception):
+    """The data on disk cannot be used as it is; the message says which file and what to do."""
+
+
+class StorageFailure(StorageError):
+    """Writing or syncing failed; the node must stop without retrying the fsync."""
+
+
+class RaftStorage(Protocol):
+    def load(self) -> PersistedState:
+        """Recover what was persisted: hard state, newest valid snapshot, entries after it."""
+        ...
+
+    def persist(
+        self,
+        *,
+        snapshot: Snapshot | None,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+    ) -> None:
+        """Durably write one Ready batch with a single fsync, in the order the contract gives.
+
+        A snapshot replaces every stored entry; `entries` replace any stored entries at or after
+        `entries[0].index`; then the hard state. Returns only when all of it is durable.
+        """
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Durably store a snapshot the application took, then drop the log it covers."""
+        ...
+
+    def close(self) -> None: ...
