@@ -1,0 +1,1 @@
+"""Tests of the durable storage: file formats, write-ahead log, locking."""
