@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from taskraft.raft import (
     Configuration,
     Entry,
-    HardState,
     LogIndex,
     MembershipChange,
     MembershipChangeKind,
@@ -30,7 +30,6 @@ from taskraft.raft import (
     RaftError,
     RaftNode,
     RaftOptions,
-    Ready,
     Role,
     Snapshot,
     SnapshotMetadata,
@@ -38,6 +37,7 @@ from taskraft.raft import (
 )
 from taskraft.sim.checkers import SafetyChecker, SafetyViolation, check_log_matching, command_id
 from taskraft.sim.network import NetworkFaults, SimulatedNetwork
+from taskraft.storage import MemoryStorage, RaftStorage
 
 # Ready batches one node may produce in a row before the simulator calls it a livelock.
 READY_ROUNDS_MAX = 1000
@@ -127,33 +127,29 @@ class SimulationFailure(AssertionError):
         self.tick = tick
 
 
-@dataclass(slots=True)
-class Disk:
-    """What a node has fsynced: all that survives its crash."""
+class StorageProvider(Protocol):
+    """Where simulated nodes keep what they persist, and how a restart reads it back."""
 
-    hard_state: HardState = field(default_factory=HardState)
-    snapshot: Snapshot | None = None
-    entries: list[Entry] = field(default_factory=list)
+    def create(self, node_id: NodeId, initial: PersistedState) -> RaftStorage: ...
 
-    def persisted_state(self) -> PersistedState:
-        return PersistedState(self.hard_state, self.snapshot, tuple(self.entries))
+    def reopen(self, node_id: NodeId, storage: RaftStorage) -> RaftStorage: ...
 
-    def write(self, ready: Ready) -> None:
-        if ready.snapshot is not None:
-            self.snapshot = ready.snapshot
-            self.entries = []
-        if ready.entries:
-            first = ready.entries[0].index
-            self.entries = [entry for entry in self.entries if entry.index < first]
-            self.entries.extend(ready.entries)
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
+
+class MemoryStorageProvider:
+    """In-memory storage: whatever `persist` returned from is what a crash leaves."""
+
+    def create(self, node_id: NodeId, initial: PersistedState) -> RaftStorage:
+        return MemoryStorage(initial)
+
+    def reopen(self, node_id: NodeId, storage: RaftStorage) -> RaftStorage:
+        return storage
 
 
 @dataclass(slots=True)
 class SimulatedNode:
     node_id: NodeId
-    disk: Disk
+    # What the node fsynced: all that survives its crash.
+    storage: RaftStorage
     raft: RaftNode | None = None
     applied_commands: list[str] = field(default_factory=list)
     applied_command_set: set[str] = field(default_factory=set)
@@ -177,8 +173,14 @@ def decode_state(data: bytes) -> list[str]:
 
 
 class Simulation:
-    def __init__(self, settings: SimulationSettings, options: RaftOptions | None = None) -> None:
+    def __init__(
+        self,
+        settings: SimulationSettings,
+        options: RaftOptions | None = None,
+        storage_provider: StorageProvider | None = None,
+    ) -> None:
         self.settings = settings
+        self.storage_provider = storage_provider or MemoryStorageProvider()
         self.random = random.Random(settings.seed)
         self.plan = FaultPlan.draw(self.random)
         self.options = options or RaftOptions(
@@ -268,7 +270,9 @@ class Simulation:
                 # The crash lands after the messages left but before the fsync completed.
                 self.crash(node)
                 return
-            node.disk.write(ready)
+            node.storage.persist(
+                snapshot=ready.snapshot, entries=ready.entries, hard_state=ready.hard_state
+            )
             for message in ready.messages_after_persist:
                 self.network.send(message, self.now)
             if ready.snapshot is not None:
@@ -319,20 +323,22 @@ class Simulation:
     # -- nodes -------------------------------------------------------------------------------
 
     def add_node(self, node_id: NodeId, persisted: PersistedState) -> SimulatedNode:
-        node = SimulatedNode(node_id, Disk(persisted.hard_state, persisted.snapshot))
+        node = SimulatedNode(node_id, self.storage_provider.create(node_id, persisted))
         self.nodes[node_id] = node
         self.start(node)
         return node
 
     def start(self, node: SimulatedNode) -> None:
+        node.storage = self.storage_provider.reopen(node.node_id, node.storage)
+        persisted = node.storage.load()
         node.raft = RaftNode(
             node_id=node.node_id,
-            persisted=node.disk.persisted_state(),
+            persisted=persisted,
             options=self.options,
             random_source=random.Random(self.random.getrandbits(64)),
             check_invariants=True,
         )
-        snapshot = node.disk.snapshot
+        snapshot = persisted.snapshot
         node.applied_commands = decode_state(snapshot.data) if snapshot else []
         node.applied_command_set = set(node.applied_commands)
         node.crash_at_next_ready = False
@@ -482,8 +488,7 @@ class Simulation:
         metadata = SnapshotMetadata(index, term, raft.log.configuration_at(index))
         snapshot = Snapshot(metadata, encode_state(node.applied_commands))
         # The application writes its snapshot durably before telling the core to compact.
-        node.disk.snapshot = snapshot
-        node.disk.entries = [entry for entry in node.disk.entries if entry.index > index]
+        node.storage.save_snapshot(snapshot)
         raft.snapshot_taken(snapshot)
         self.result.snapshots_taken += 1
 
