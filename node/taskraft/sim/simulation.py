@@ -518,10 +518,19 @@ class Simulation:
                     f"liveness: no leader committed a proposal within {liveness_ticks} ticks of "
                     f"healing (backlog of {backlog} uncommitted entries)"
                 )
-            if marker is None or marker not in self._pending:
+            if marker is None or self._proposal_lost(marker):
                 marker = self._propose_marker()
             self.step_tick()
         self._wait_for_catch_up()
+
+    def _proposal_lost(self, command: str) -> bool:
+        """Whether a proposal can no longer be acknowledged: a new leader overwrote its entry."""
+        pending = self._pending.get(command)
+        if pending is None:
+            return command not in self.acknowledged
+        _proposer, term, index = pending
+        applied = self.checker.applied_entries.get(LogIndex(index))
+        return applied is not None and applied.term != term
 
     def _propose_marker(self) -> str | None:
         for leader in self.leaders():
