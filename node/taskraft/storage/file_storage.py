@@ -1,0 +1,199 @@
+"""The storage of a real node: a data directory holding the log, the hard state and snapshots.
+
+Layout of a data directory:
+
+    LOCK                 held (flock) by the one process that owns the directory
+    hard_state           term and vote, replaced atomically (hard_state_file.py)
+    wal/                 the write-ahead log, one segment per file (wal.py)
+    snapshots/           snapshot files, newest first in importance (snapshot_files.py)
+
+`persist` is the group commit of one Ready batch: all its entries go to the log with a single
+fdatasync. The hard state file is rewritten only when the term or the vote changes, which is
+rare (elections); the commit index is not stored, because the core relearns it from the leader
+and safety never depends on it. Recovery refuses to start on anything it cannot explain, with an
+error that names the file and tells the operator what to do; see docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot
+from taskraft.storage.hard_state_file import read_hard_state, write_hard_state
+from taskraft.storage.lock import DataDirectoryLock
+from taskraft.storage.protocol import StorageError, StorageFailure
+from taskraft.storage.snapshot_files import SnapshotReader, SnapshotStore
+from taskraft.storage.wal import WriteAheadLog
+
+logger = logging.getLogger(__name__)
+
+# Segments large enough that rolling (a file creation and two fsyncs) is rare, small enough that
+# deleting the log a snapshot covers frees space soon after the snapshot.
+SEGMENT_SIZE_MAX_BYTES = 64 * 1024 * 1024
+
+RECOVERY_ADVICE = (
+    "To recover, remove this member from the cluster, wipe its data directory and add it back "
+    "under a new member id: it then receives a snapshot from the leader."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StorageStatistics:
+    """Counters for metrics and benchmarks."""
+
+    entries_persisted: int
+    log_syncs: int
+    hard_state_writes: int
+    snapshots_written: int
+
+
+class FileStorage:
+    """A `RaftStorage` on a local data directory. Not thread-safe: one writer at a time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        lock: DataDirectoryLock,
+        log: WriteAheadLog,
+        snapshots: SnapshotStore,
+    ) -> None:
+        self.directory = directory
+        self._lock = lock
+        self._log = log
+        self._snapshots = snapshots
+        self._hard_state_path = directory / "hard_state"
+        self._hard_state = read_hard_state(self._hard_state_path) or HardState()
+        self._failed: StorageFailure | None = None
+        self._entries_persisted = 0
+        self._log_syncs = 0
+        self._hard_state_writes = 0
+        self._snapshots_written = 0
+
+    @classmethod
+    def open(
+        cls, directory: Path, *, segment_size_max_bytes: int = SEGMENT_SIZE_MAX_BYTES
+    ) -> FileStorage:
+        """Lock the data directory (creating it if needed) and recover what it holds."""
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = DataDirectoryLock.acquire(directory)
+        try:
+            log = WriteAheadLog.open(
+                directory / "wal", segment_size_max_bytes=segment_size_max_bytes
+            )
+            snapshot_directory = directory / "snapshots"
+            snapshot_directory.mkdir(exist_ok=True)
+            return cls(directory, lock=lock, log=log, snapshots=SnapshotStore(snapshot_directory))
+        except BaseException:
+            lock.release()
+            raise
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def load(self) -> PersistedState:
+        snapshot_metadata = self._snapshots.newest_valid()
+        snapshot = None
+        if snapshot_metadata is not None:
+            snapshot = Snapshot(snapshot_metadata, self._snapshots.read_all(snapshot_metadata))
+        entries = self._log.entries()
+        self._check_log_continues_snapshot(snapshot, entries)
+        return PersistedState(
+            hard_state=self._hard_state, snapshot=snapshot, entries=tuple(entries)
+        )
+
+    def _check_log_continues_snapshot(
+        self, snapshot: Snapshot | None, entries: list[Entry]
+    ) -> None:
+        snapshot_index = snapshot.metadata.index if snapshot is not None else 0
+        if not entries:
+            return
+        first = entries[0].index
+        if first > snapshot_index + 1:
+            raise StorageError(
+                f"{self.directory}: the log starts at index {first} but the newest valid snapshot "
+                f"ends at {snapshot_index}: entries {snapshot_index + 1}..{first - 1} are missing. "
+                + RECOVERY_ADVICE
+            )
+        if snapshot is not None and first <= snapshot_index <= entries[-1].index:
+            term = entries[snapshot_index - first].term
+            if term != snapshot.metadata.term:
+                raise StorageError(
+                    f"{self.directory}: the snapshot at index {snapshot_index} has term "
+                    f"{snapshot.metadata.term} but the log holds term {term} there: the snapshot "
+                    f"does not match the log. " + RECOVERY_ADVICE
+                )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def persist(
+        self,
+        *,
+        snapshot: Snapshot | None,
+        entries: Sequence[Entry],
+        hard_state: HardState | None,
+    ) -> None:
+        self._check_not_failed()
+        try:
+            if snapshot is not None:
+                # A snapshot from the leader replaces the whole log (see ready.py).
+                self._snapshots.save(snapshot)
+                self._snapshots_written += 1
+                self._log.reset(LogIndex(snapshot.metadata.index + 1))
+                self._snapshots.delete_older_than(snapshot.metadata.index)
+            if entries:
+                self._log.append(entries)
+                self._entries_persisted += len(entries)
+            if entries or snapshot is not None:
+                self._log.sync()
+                self._log_syncs += 1
+            if hard_state is not None and (
+                hard_state.term != self._hard_state.term or hard_state.vote != self._hard_state.vote
+            ):
+                stored = HardState(term=hard_state.term, vote=hard_state.vote, commit=LogIndex(0))
+                write_hard_state(self._hard_state_path, stored)
+                self._hard_state = stored
+                self._hard_state_writes += 1
+        except StorageFailure as failure:
+            self._failed = failure
+            raise
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a snapshot the application took, then drop the log segments it covers."""
+        self._check_not_failed()
+        try:
+            self._snapshots.save(snapshot)
+            self._snapshots_written += 1
+            self._log.drop_before(LogIndex(snapshot.metadata.index + 1))
+            self._snapshots.delete_older_than(snapshot.metadata.index)
+        except StorageFailure as failure:
+            self._failed = failure
+            raise
+
+    def open_snapshot_reader(self) -> SnapshotReader | None:
+        """The newest snapshot as a stream of chunks, for followers and backups."""
+        metadata = self._snapshots.newest_valid()
+        return self._snapshots.open_reader(metadata) if metadata is not None else None
+
+    def statistics(self) -> StorageStatistics:
+        return StorageStatistics(
+            entries_persisted=self._entries_persisted,
+            log_syncs=self._log_syncs,
+            hard_state_writes=self._hard_state_writes,
+            snapshots_written=self._snapshots_written,
+        )
+
+    def close(self) -> None:
+        self._log.close()
+        self._lock.release()
+
+    def _check_not_failed(self) -> None:
+        if self._failed is not None:
+            raise StorageFailure(
+                f"{self.directory}: storage failed earlier ({self._failed}); the node must stop"
+            )
+
+
+__all__ = ["SEGMENT_SIZE_MAX_BYTES", "FileStorage", "StorageStatistics"]
