@@ -17,15 +17,16 @@ error that names the file and tells the operator what to do; see docs/storage.md
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot
+from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot, SnapshotMetadata
 from taskraft.storage.hard_state_file import read_hard_state, write_hard_state
 from taskraft.storage.lock import DataDirectoryLock
 from taskraft.storage.protocol import StorageError, StorageFailure
-from taskraft.storage.snapshot_files import SnapshotReader, SnapshotStore
+from taskraft.storage.snapshot_files import SnapshotReader, SnapshotStore, SnapshotWriter
 from taskraft.storage.wal import WriteAheadLog
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,11 @@ class StorageStatistics:
 
 
 class FileStorage:
-    """A `RaftStorage` on a local data directory. Not thread-safe: one writer at a time."""
+    """A `RaftStorage` on a local data directory.
+
+    One thread at a time writes the log (`persist`, `compact_log`); `write_snapshot` may run on
+    another. `StorageWriter` arranges exactly that for the asyncio node server.
+    """
 
     def __init__(
         self,
@@ -68,6 +73,9 @@ class FileStorage:
         self._hard_state_path = directory / "hard_state"
         self._hard_state = read_hard_state(self._hard_state_path) or HardState()
         self._failed: StorageFailure | None = None
+        # Snapshot files are written on a background thread; this keeps two writers (and a
+        # cleanup of temporary files) from meeting in the snapshot directory.
+        self._snapshot_directory_lock = threading.Lock()
         self._entries_persisted = 0
         self._log_syncs = 0
         self._hard_state_writes = 0
@@ -139,10 +147,11 @@ class FileStorage:
         try:
             if snapshot is not None:
                 # A snapshot from the leader replaces the whole log (see ready.py).
-                self._snapshots.save(snapshot)
-                self._snapshots_written += 1
+                with self._snapshot_directory_lock:
+                    self._snapshots.save(snapshot)
+                    self._snapshots_written += 1
+                    self._snapshots.delete_older_than(snapshot.metadata.index)
                 self._log.reset(LogIndex(snapshot.metadata.index + 1))
-                self._snapshots.delete_older_than(snapshot.metadata.index)
             if entries:
                 self._log.append(entries)
                 self._entries_persisted += len(entries)
@@ -162,12 +171,35 @@ class FileStorage:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Store a snapshot the application took, then drop the log segments it covers."""
+        self.write_snapshot(snapshot.metadata, (snapshot.data,))
+        self.compact_log(snapshot.metadata.index)
+
+    def write_snapshot(self, metadata: SnapshotMetadata, chunks: Iterable[bytes]) -> None:
+        """Stream a snapshot the application took to disk, durably, and delete older ones.
+
+        Safe to run on a background thread while another thread appends to the log: it touches
+        only the snapshot directory, which a lock serializes. The state machine passes a
+        consistent copy of itself as `chunks`, so it never holds the whole encoding in memory.
+        Call `compact_log` (on the log's thread) once this returned.
+        """
         self._check_not_failed()
         try:
-            self._snapshots.save(snapshot)
-            self._snapshots_written += 1
-            self._log.drop_before(LogIndex(snapshot.metadata.index + 1))
-            self._snapshots.delete_older_than(snapshot.metadata.index)
+            with self._snapshot_directory_lock:
+                with SnapshotWriter.create(self._snapshots.directory, metadata) as writer:
+                    for chunk in chunks:
+                        writer.write(chunk)
+                    writer.commit()
+                self._snapshots_written += 1
+                self._snapshots.delete_older_than(metadata.index)
+        except StorageFailure as failure:
+            self._failed = failure
+            raise
+
+    def compact_log(self, snapshot_index: LogIndex) -> None:
+        """Drop the whole log segments a durable snapshot at `snapshot_index` covers."""
+        self._check_not_failed()
+        try:
+            self._log.drop_before(LogIndex(snapshot_index + 1))
         except StorageFailure as failure:
             self._failed = failure
             raise

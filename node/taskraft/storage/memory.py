@@ -6,9 +6,9 @@ modelled by building a new node from `load()`, which returns exactly what was pe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from taskraft.raft import Entry, HardState, PersistedState, Snapshot
+from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot, SnapshotMetadata
 
 
 class MemoryStorage:
@@ -40,9 +40,14 @@ class MemoryStorage:
             self.hard_state = hard_state
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        index = snapshot.metadata.index
-        self.entries = [entry for entry in self.entries if entry.index > index]
+        self.write_snapshot(snapshot.metadata, (snapshot.data,))
+        self.compact_log(snapshot.metadata.index)
+
+    def write_snapshot(self, metadata: SnapshotMetadata, chunks: Iterable[bytes]) -> None:
+        self.snapshot = Snapshot(metadata, b"".join(chunks))
+
+    def compact_log(self, snapshot_index: LogIndex) -> None:
+        self.entries = [entry for entry in self.entries if entry.index > snapshot_index]
 
     def close(self) -> None:
         pass

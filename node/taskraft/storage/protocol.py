@@ -9,10 +9,10 @@ failure the kernel may have dropped the dirty pages and a retry could falsely re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from taskraft.raft import Entry, HardState, PersistedState, Snapshot
+from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot, SnapshotMetadata
 
 
 class StorageError(Exception):
@@ -44,6 +44,14 @@ class RaftStorage(Protocol):
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Durably store a snapshot the application took, then drop the log it covers."""
+        ...
+
+    def write_snapshot(self, metadata: SnapshotMetadata, chunks: Iterable[bytes]) -> None:
+        """Durably store a snapshot streamed as chunks; may run beside log writes."""
+        ...
+
+    def compact_log(self, snapshot_index: LogIndex) -> None:
+        """Drop the log a durable snapshot at `snapshot_index` covers (on the log's thread)."""
         ...
 
     def close(self) -> None: ...
