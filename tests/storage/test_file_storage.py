@@ -25,6 +25,7 @@ from taskraft.sim.file_storage import FileStorageProvider
 from taskraft.sim.simulation import Simulation
 from taskraft.storage import StorageError, StorageFailure
 from taskraft.storage.file_storage import FileStorage
+from taskraft.storage.snapshot_files import SnapshotStore
 
 ONE = NodeId("1")
 SOLO = Configuration(voters=frozenset({ONE}))
@@ -172,3 +173,23 @@ def test_simulated_cluster_on_file_storage(seed: int, tmp_path: Path) -> None:
     assert result.proposals_acknowledged > 0
     for node in simulation.nodes.values():
         node.storage.close()
+
+
+def test_a_crash_while_the_leaders_snapshot_replaces_the_log_is_finished_at_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The snapshot is durable before the old log is deleted; a crash between leaves both."""
+    storage = open_storage(tmp_path)
+    storage.persist(snapshot=None, entries=entries(1, 100, term=1), hard_state=None)
+    storage.close()
+    # What a crash right after writing the leader's snapshot, before the reset, leaves behind.
+    leader_snapshot = Snapshot(SnapshotMetadata(LogIndex(90), Term(3), SOLO), b"leader state")
+    SnapshotStore(tmp_path / "snapshots").save(leader_snapshot)
+    storage = open_storage(tmp_path)
+    recovered = storage.load()
+    assert recovered.snapshot == leader_snapshot
+    assert not recovered.entries, "entries of the replaced log must not survive"
+    assert "interrupted replacement" in caplog.text
+    storage.persist(snapshot=None, entries=entries(91, 95, term=3), hard_state=None)
+    storage.close()
+    assert list(open_storage(tmp_path).load().entries) == entries(91, 95, term=3)

@@ -107,10 +107,37 @@ class FileStorage:
         if snapshot_metadata is not None:
             snapshot = Snapshot(snapshot_metadata, self._snapshots.read_all(snapshot_metadata))
         entries = self._log.entries()
+        if snapshot is not None and self._interrupted_log_replacement(snapshot, entries):
+            # A snapshot from the leader is made durable before the log it replaces is deleted;
+            # a crash in between leaves old entries that disagree with it. They were never part
+            # of the leader's log, so they are dropped (the snapshot itself is intact).
+            logger.warning(
+                "%s: the log disagrees with the snapshot at index %d: finishing the interrupted "
+                "replacement of the log by that snapshot",
+                self.directory,
+                snapshot.metadata.index,
+            )
+            self._log.reset(LogIndex(snapshot.metadata.index + 1))
+            entries = []
         self._check_log_continues_snapshot(snapshot, entries)
         return PersistedState(
             hard_state=self._hard_state, snapshot=snapshot, entries=tuple(entries)
         )
+
+    @staticmethod
+    def _interrupted_log_replacement(snapshot: Snapshot, entries: list[Entry]) -> bool:
+        """Whether the log holds an entry at the snapshot's index with a different term.
+
+        A snapshot the application took always agrees with the log at its index; only a leader's
+        snapshot, which replaces a divergent log, can disagree.
+        """
+        if not entries:
+            return False
+        index = snapshot.metadata.index
+        position = index - entries[0].index
+        if not 0 <= position < len(entries):
+            return False
+        return entries[position].term != snapshot.metadata.term
 
     def _check_log_continues_snapshot(
         self, snapshot: Snapshot | None, entries: list[Entry]
@@ -125,14 +152,6 @@ class FileStorage:
                 f"ends at {snapshot_index}: entries {snapshot_index + 1}..{first - 1} are missing. "
                 + RECOVERY_ADVICE
             )
-        if snapshot is not None and first <= snapshot_index <= entries[-1].index:
-            term = entries[snapshot_index - first].term
-            if term != snapshot.metadata.term:
-                raise StorageError(
-                    f"{self.directory}: the snapshot at index {snapshot_index} has term "
-                    f"{snapshot.metadata.term} but the log holds term {term} there: the snapshot "
-                    f"does not match the log. " + RECOVERY_ADVICE
-                )
 
     # -- writing -----------------------------------------------------------------------------
 
