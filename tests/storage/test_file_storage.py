@@ -193,3 +193,15 @@ def test_a_crash_while_the_leaders_snapshot_replaces_the_log_is_finished_at_rest
     storage.persist(snapshot=None, entries=entries(91, 95, term=3), hard_state=None)
     storage.close()
     assert list(open_storage(tmp_path).load().entries) == entries(91, 95, term=3)
+
+
+def test_a_lost_snapshot_behind_an_empty_log_refuses_to_start(tmp_path: Path) -> None:
+    """A log reset after the leader's snapshot expects that snapshot; without it, data is gone."""
+    storage = open_storage(tmp_path)
+    snapshot = Snapshot(SnapshotMetadata(LogIndex(90), Term(3), SOLO), b"leader state")
+    storage.persist(snapshot=snapshot, entries=(), hard_state=None)
+    storage.close()
+    (snapshot_file,) = (tmp_path / "snapshots").glob("*.snap")
+    snapshot_file.write_bytes(b"damaged")
+    with pytest.raises(StorageError, match=r"entries 1\.\.90 are missing"):
+        open_storage(tmp_path).load()

@@ -124,7 +124,7 @@ def test_every_damaged_hard_state_file_is_refused(tmp_path: Path) -> None:
             read_hard_state(path)
         message = str(raised.value)
         assert str(path) in message, description
-        assert "wipe the member's data directory" in message, description
+        assert "wipe its data directory" in message and "new member id" in message, description
 
 
 def test_failed_hard_state_fsync_keeps_the_previous_state(

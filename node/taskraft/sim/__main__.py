@@ -26,12 +26,12 @@ PROGRESS_EVERY_SEEDS = 100
 
 
 def settings_for(
-    first_seed: int, count: int, nodes: int | None, ticks: int
+    first_seed: int, count: int, nodes: int | None, ticks: int, storage: str = "memory"
 ) -> Iterator[SimulationSettings]:
     """Seeds in order; without a fixed size, seed N gets cluster size CLUSTER_SIZES[N % 3]."""
     for seed in range(first_seed, first_seed + count):
         size = nodes if nodes is not None else CLUSTER_SIZES[seed % len(CLUSTER_SIZES)]
-        yield SimulationSettings(seed=seed, nodes=size, ticks=ticks)
+        yield SimulationSettings(seed=seed, nodes=size, ticks=ticks, storage=storage)
 
 
 def run_one(settings: SimulationSettings) -> tuple[SimulationSettings, SimulationResult | str]:
@@ -72,11 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, help="cluster size (default: cycle 1, 3, 5)")
     parser.add_argument("--ticks", type=int, default=10_000, help="ticks of the safety phase")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--storage",
+        choices=("memory", "file"),
+        default="memory",
+        help="where nodes persist: in memory, or real files in a temporary directory",
+    )
     arguments = parser.parse_args(argv)
     if arguments.seed is not None:
         arguments.first_seed, arguments.seeds = arguments.seed, 1
     all_settings = list(
-        settings_for(arguments.first_seed, arguments.seeds, arguments.nodes, arguments.ticks)
+        settings_for(
+            arguments.first_seed,
+            arguments.seeds,
+            arguments.nodes,
+            arguments.ticks,
+            arguments.storage,
+        )
     )
     started = time.monotonic()
     results, failures = run_many(all_settings, max(1, arguments.workers))

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from taskraft.raft import (
@@ -54,11 +56,15 @@ class SimulationSettings:
     catch_up_ticks_max: int = 2_000
     # Nodes the simulator may add beyond the founding ones through membership changes.
     added_nodes_max: int = 3
+    # "memory" (the default), or "file": every node on the real file storage in a temporary
+    # directory, which is slower and meant for a few seeds.
+    storage: str = "memory"
 
     def replay_command(self) -> str:
+        storage = f" --storage {self.storage}" if self.storage != "memory" else ""
         return (
             f"python -m taskraft.sim --seed {self.seed} --nodes {self.nodes} "
-            f"--ticks {self.ticks}"
+            f"--ticks {self.ticks}{storage}"
         )
 
 
@@ -593,7 +599,20 @@ class Simulation:
 
 def run_simulation(settings: SimulationSettings) -> SimulationResult:
     """Run one seed; raises SimulationFailure (with the replay command) if a property breaks."""
-    return Simulation(settings).run()
+    if settings.storage == "memory":
+        return Simulation(settings).run()
+    if settings.storage != "file":
+        raise ValueError(f"unknown storage {settings.storage!r}: use 'memory' or 'file'")
+    # Imported here: the file storage brings the whole I/O layer, which memory runs never need.
+    from taskraft.sim.file_storage import FileStorageProvider
+
+    with tempfile.TemporaryDirectory(prefix="taskraft-sim-") as directory:
+        simulation = Simulation(settings, storage_provider=FileStorageProvider(Path(directory)))
+        try:
+            return simulation.run()
+        finally:
+            for node in simulation.nodes.values():
+                node.storage.close()
 
 
 __all__ = [

@@ -16,7 +16,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from taskraft.storage.protocol import StorageFailure
+from taskraft.storage.protocol import FAILURE_ADVICE, StorageFailure
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -44,8 +44,7 @@ def fsync_directory(path: Path) -> None:
     except OSError as error:
         raise StorageFailure(
             f"fsync of directory {path} failed: {error}. Renames and removals in it may be "
-            "lost; the node must stop (an fsync is never retried), and the operator should "
-            "check the volume before restarting it."
+            f"lost. {FAILURE_ADVICE}"
         ) from error
     finally:
         os.close(descriptor)
@@ -69,8 +68,6 @@ def write_file_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
         raise StorageFailure(
-            f"writing {path} failed: {error}. Its previous content is intact, but the node "
-            "must stop (an fsync is never retried); the operator should check the volume "
-            "(space, permissions, disk errors) before restarting it."
+            f"writing {path} failed: {error}. Its previous content is intact. {FAILURE_ADVICE}"
         ) from error
     fsync_directory(path.parent)

@@ -23,22 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot, SnapshotMetadata
+from taskraft.storage.durable_file import fsync_directory
 from taskraft.storage.hard_state_file import read_hard_state, write_hard_state
 from taskraft.storage.lock import DataDirectoryLock
-from taskraft.storage.protocol import StorageError, StorageFailure
+from taskraft.storage.protocol import RECOVERY_ADVICE, StorageError, StorageFailure
 from taskraft.storage.snapshot_files import SnapshotReader, SnapshotStore, SnapshotWriter
-from taskraft.storage.wal import WriteAheadLog
+from taskraft.storage.wal import SEGMENT_SIZE_MAX_BYTES, WriteAheadLog
 
 logger = logging.getLogger(__name__)
 
-# Segments large enough that rolling (a file creation and two fsyncs) is rare, small enough that
-# deleting the log a snapshot covers frees space soon after the snapshot.
-SEGMENT_SIZE_MAX_BYTES = 64 * 1024 * 1024
 
-RECOVERY_ADVICE = (
-    "To recover, remove this member from the cluster, wipe its data directory and add it back "
-    "under a new member id: it then receives a snapshot from the leader."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +81,20 @@ class FileStorage:
     ) -> FileStorage:
         """Lock the data directory (creating it if needed) and recover what it holds."""
         directory.mkdir(parents=True, exist_ok=True)
+        fsync_directory(directory.parent)
         lock = DataDirectoryLock.acquire(directory)
+        log: WriteAheadLog | None = None
         try:
             log = WriteAheadLog.open(
                 directory / "wal", segment_size_max_bytes=segment_size_max_bytes
             )
             snapshot_directory = directory / "snapshots"
             snapshot_directory.mkdir(exist_ok=True)
+            fsync_directory(directory)
             return cls(directory, lock=lock, log=log, snapshots=SnapshotStore(snapshot_directory))
         except BaseException:
+            if log is not None:
+                log.close()
             lock.release()
             raise
 
@@ -117,7 +116,11 @@ class FileStorage:
                 self.directory,
                 snapshot.metadata.index,
             )
-            self._log.reset(LogIndex(snapshot.metadata.index + 1))
+            try:
+                self._log.reset(LogIndex(snapshot.metadata.index + 1))
+            except StorageFailure as failure:
+                self._failed = failure
+                raise
             entries = []
         self._check_log_continues_snapshot(snapshot, entries)
         return PersistedState(
@@ -143,9 +146,8 @@ class FileStorage:
         self, snapshot: Snapshot | None, entries: list[Entry]
     ) -> None:
         snapshot_index = snapshot.metadata.index if snapshot is not None else 0
-        if not entries:
-            return
-        first = entries[0].index
+        # An empty log still knows which index it expects next (a reset after a snapshot).
+        first = entries[0].index if entries else self._log.first_index
         if first > snapshot_index + 1:
             raise StorageError(
                 f"{self.directory}: the log starts at index {first} but the newest valid snapshot "
@@ -244,7 +246,7 @@ class FileStorage:
         if self._failed is not None:
             raise StorageFailure(
                 f"{self.directory}: storage failed earlier ({self._failed}); the node must stop"
-            )
+            ) from self._failed
 
 
 __all__ = ["SEGMENT_SIZE_MAX_BYTES", "FileStorage", "StorageStatistics"]

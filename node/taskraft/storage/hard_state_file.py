@@ -19,7 +19,7 @@ from pathlib import Path
 
 from taskraft.raft import HardState, LogIndex, NodeId, Term
 from taskraft.storage.durable_file import write_file_atomically
-from taskraft.storage.protocol import StorageError
+from taskraft.storage.protocol import RECOVERY_ADVICE, StorageError
 
 MAGIC = b"TRFTHST\0"
 FORMAT_VERSION = 1
@@ -119,6 +119,5 @@ def decode_hard_state(content: bytes, path: Path) -> HardState:
 def _corrupt(path: Path, what: str) -> StorageError:
     return StorageError(
         f"hard state file {path} is corrupt: {what}. This member's term and vote cannot be "
-        "trusted; the operator should wipe the member's data directory so it rejoins the "
-        "cluster from the leader."
+        f"trusted. {RECOVERY_ADVICE}"
     )

@@ -14,6 +14,23 @@ from typing import Protocol
 
 from taskraft.raft import Entry, HardState, LogIndex, PersistedState, Snapshot, SnapshotMetadata
 
+# What an operator does with a member whose data cannot be trusted. The member must come back
+# under a NEW id: a voter that lost its disk and kept its id could vote a second time in a term
+# it already voted in, and elect a second leader.
+RECOVERY_ADVICE = (
+    "To recover, remove this member from the cluster, wipe its data directory and add it back "
+    "under a new member id, so that it receives a snapshot from the leader; never restart a "
+    "wiped member under its old id."
+)
+
+# What an operator does after a failed write or fsync.
+FAILURE_ADVICE = (
+    "The node must stop: an fsync is never retried, since the kernel may have dropped the "
+    "unsynced pages. Check the volume (space, permissions, disk errors) and restart the node "
+    "only after the volume was unmounted or the machine rebooted, so that it does not read back "
+    "pages that never reached the disk."
+)
+
 
 class StorageError(Exception):
     """The data on disk cannot be used as it is; the message says which file and what to do."""

@@ -36,7 +36,12 @@ from typing import BinaryIO
 
 from taskraft.raft import Configuration, LogIndex, Snapshot, SnapshotMetadata, Term
 from taskraft.storage.durable_file import TEMPORARY_SUFFIX, fsync_directory
-from taskraft.storage.protocol import StorageError, StorageFailure
+from taskraft.storage.protocol import (
+    FAILURE_ADVICE,
+    RECOVERY_ADVICE,
+    StorageError,
+    StorageFailure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +92,8 @@ def _corrupt(path: Path, what: str, offset: int | None = None) -> StorageError:
     where = f" at byte {offset}" if offset is not None else ""
     return StorageError(
         f"snapshot file {path} is corrupt{where}: {what}. The member must not load it: it "
-        "falls back to an older valid snapshot when its log still continues from there; "
-        "otherwise the operator should wipe the member's data directory so it rejoins the "
-        "cluster from the leader."
+        "falls back to an older valid snapshot when its log still continues from there. "
+        f"Otherwise: {RECOVERY_ADVICE}"
     )
 
 
@@ -102,9 +106,7 @@ def _unreadable(path: Path, error: OSError) -> StorageError:
 
 def _write_failed(path: Path, error: OSError) -> StorageFailure:
     return StorageFailure(
-        f"writing snapshot file {path} failed: {error}. The node must stop (an fsync is never "
-        "retried); the operator should check the volume (space, permissions, disk errors) "
-        "before restarting it."
+        f"writing snapshot file {path} failed: {error}. {FAILURE_ADVICE}"
     )
 
 

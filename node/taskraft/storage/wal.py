@@ -21,7 +21,7 @@ that indexes run without a gap from record to record and from segment to segment
 of damage is repaired: a crash can leave the last record of the last segment half written (cut
 short, or failing its checksum with nothing after it). A record torn that way was never synced,
 so never acknowledged, and it is cut away with a warning. Any other damage raises `StorageError`
-and the operator must wipe the member: the log never skips data, because a skipped entry may be
+and the operator must replace the member: the log never skips data, because a skipped entry may be
 one this member acknowledged and the leader counted towards a commit.
 
 The write path keeps the files on disk a contiguous log at every moment, so that a crash at any
@@ -60,7 +60,12 @@ from pathlib import Path
 from types import TracebackType
 
 from taskraft.raft import Entry, EntryKind, LogIndex, Term
-from taskraft.storage.protocol import StorageError, StorageFailure
+from taskraft.storage.protocol import (
+    FAILURE_ADVICE,
+    RECOVERY_ADVICE,
+    StorageError,
+    StorageFailure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +105,8 @@ _SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
 _KIND_BY_VALUE = {kind.value: kind for kind in EntryKind}
 
 _RECOVERY_ADVICE = (
-    "This member's log is damaged on disk, and the log never skips entries to get past damage; "
-    "to recover, stop the member and wipe its data directory so it rejoins from a snapshot of "
-    "the leader."
+    "This member's log is damaged on disk, and the log never skips entries to get past damage. "
+    + RECOVERY_ADVICE
 )
 
 
@@ -539,10 +543,7 @@ class WriteAheadLog:
     def _fail(self, problem: str) -> StorageFailure:
         """Enter the failed state; returns the error to raise."""
         self._failure = StorageFailure(
-            f"{problem}. The write-ahead log stops here: an fsync is never retried, since the "
-            "kernel may have dropped the unsynced pages. The node must stop; the operator "
-            "should check the volume (space, permissions, disk errors) before restarting it, "
-            "and recovery keeps what reached the disk."
+            f"{problem}. The write-ahead log stops here. {FAILURE_ADVICE}"
         )
         return self._failure
 
@@ -634,7 +635,7 @@ def _decode_segment_header(data: bytes, path: Path) -> int:
         raise StorageError(
             f"write-ahead log segment {path}, byte offset 8: format version {version}, but this "
             f"build reads only version {SEGMENT_FORMAT_VERSION}. Run the build that wrote it, "
-            "or wipe this member's data directory so it rejoins from a snapshot of the leader."
+            f"or: {RECOVERY_ADVICE}"
         )
     if first_index < 1:
         raise _corruption(path, 10, "the segment header says it starts at index 0")
