@@ -530,13 +530,22 @@ class Simulation:
         self._wait_for_catch_up()
 
     def _proposal_lost(self, command: str) -> bool:
-        """Whether a proposal can no longer be acknowledged: a new leader overwrote its entry."""
+        """Whether a proposal may never be acknowledged, so the client should propose anew.
+
+        Either a new leader overwrote its entry, or its proposer no longer leads the term it
+        proposed in: the entry may still commit, but nothing guarantees that anyone will extend
+        the log up to it. (A client retries the same way; the commands differ, so exactly-once
+        still holds.)
+        """
         pending = self._pending.get(command)
         if pending is None:
             return command not in self.acknowledged
-        _proposer, term, index = pending
+        proposer, term, index = pending
         applied = self.checker.applied_entries.get(LogIndex(index))
-        return applied is not None and applied.term != term
+        if applied is not None:
+            return applied.term != term
+        raft = self.nodes[proposer].raft
+        return raft is None or raft.role is not Role.LEADER or raft.term != term
 
     def _propose_marker(self) -> str | None:
         for leader in self.leaders():
