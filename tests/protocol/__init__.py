@@ -1,0 +1,1 @@
+"""Tests of the client protocol library: framing, schema and connection state machines."""
