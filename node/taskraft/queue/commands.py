@@ -1,0 +1,113 @@
+"""The commands that change the queue state: what a log entry carries, as immutable values.
+
+A command is built by the leader's server from a client request, encoded into a log entry by
+`codec.py`, and applied on every replica by `QueueStateMachine.apply`. Commands hold raw client
+values: the state machine validates them when it applies them, so that every replica rejects a
+bad command with the same error at the same point in the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from taskraft.queue.limits import LEASE_MS_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class CreateQueue:
+    """Create a queue; its policies are fixed for its whole life.
+
+    `kind` is "heap" (any 64-bit priority) or "buckets" (one FIFO per priority in
+    `priority_range`, which it requires). `max_size` bounds ready + delayed + leased tasks,
+    `max_payload_bytes` bounds each payload (never above the global bound), `lease_ms_default`
+    is the lease of a dequeue that names none (0 makes such dequeues auto-acknowledge),
+    `max_deliveries` is how often a task may be delivered before it moves to
+    `dead_letter_queue` (an existing queue) or, without one, is dropped. None means no limit.
+    """
+
+    name: str
+    kind: str = "heap"
+    max_size: int | None = None
+    max_payload_bytes: int | None = None
+    priority_range: tuple[int, int] | None = None
+    lease_ms_default: int = LEASE_MS_DEFAULT
+    max_deliveries: int | None = None
+    dead_letter_queue: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteQueue:
+    """Delete an empty queue that no other queue uses as its dead letter queue."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Add a task; with `key`, a repeat within the idempotency window adds nothing.
+
+    The task is ready at once, or after `delay_ms` of log time.
+    """
+
+    queue: str
+    priority: int
+    payload: bytes
+    key: str | None = None
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dequeue:
+    """Lease the first ready task: lowest priority first, then first ready first.
+
+    `lease_ms` None takes the queue's default; 0 removes the task at once (auto-acknowledge).
+    """
+
+    queue: str
+    lease_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The task is done: remove it. Only the holder of the current lease may do this."""
+
+    task_id: int
+    lease_token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Give the task back: it becomes ready again after `delay_ms` (its delivery still counts)."""
+
+    task_id: int
+    lease_token: int
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    """Move the lease's expiry to `lease_ms` after now (not after the previous expiry)."""
+
+    task_id: int
+    lease_token: int
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Only let time pass: expire leases and release delayed tasks up to the entry's time."""
+
+
+Command = CreateQueue | DeleteQueue | Enqueue | Dequeue | Ack | Nack | Extend | Tick
+
+__all__ = [
+    "Ack",
+    "Command",
+    "CreateQueue",
+    "DeleteQueue",
+    "Dequeue",
+    "Enqueue",
+    "Extend",
+    "Nack",
+    "Tick",
+]
