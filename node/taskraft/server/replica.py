@@ -1,0 +1,402 @@
+"""The Raft driver of a node: the one task that feeds the core and carries out its Ready batches.
+
+The Raft core must see nothing between handing out a Ready and hearing `advance`, but a Ready
+takes an fsync to carry out, and the node must keep receiving meanwhile. So every input (peer
+messages, ticks, proposals, reads, snapshots to adopt) lands in a bounded inbox, and a single loop
+task drains the inbox into the core, then carries out the Ready batches that result:
+
+1. send `messages` (the leader's replication) at once,
+2. persist through the storage writer thread (one fsync for the whole batch),
+3. send `messages_after_persist` (votes and acknowledgements) only then,
+4. apply committed entries to the queue state machine and answer the clients waiting for them,
+5. `advance`.
+
+Whatever arrives during step 2 waits in the inbox and goes into the next batch: that is the group
+commit. A client hears "ok" only in step 4, after a majority (counting this node only once its
+own fsync returned) has the entry on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.queue import (
+    Command,
+    CommandResult,
+    QueueStateMachine,
+    StateSnapshot,
+    Tick,
+    decode_entry,
+    encode_entry,
+)
+from taskraft.raft import (
+    EntryKind,
+    LogIndex,
+    Message,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftNode,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMetadata,
+    Term,
+)
+from taskraft.storage import StorageWriter
+
+logger = logging.getLogger(__name__)
+
+
+class PeerSender(Protocol):
+    """Where the replica sends Raft messages; delivery is best effort (Raft tolerates loss)."""
+
+    def send(self, message: Message) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaSettings:
+    # The core's logical clock: with election_timeout_ticks=10, followers wait 1-2 s.
+    tick_interval_ms: int = 100
+    # Client commands waiting for their entry to commit; beyond, clients get "overloaded"
+    # instead of the node growing a queue it cannot drain.
+    pending_proposals_max: int = 10_000
+    # Commands proposed to the core in one batch (one log append, one fsync for all of them).
+    proposal_batch_max: int = 1_000
+    # Peer messages waiting for the loop; beyond, messages are dropped (Raft retries them).
+    inbox_messages_max: int = 10_000
+    # Linearizable reads waiting for their read index; beyond, "overloaded".
+    pending_reads_max: int = 4_096
+    # Take a snapshot once this many entries were applied since the last one: bounds the log a
+    # restart replays and the memory the core holds.
+    snapshot_interval_entries: int = 100_000
+    # Bytes per snapshot chunk handed to the storage.
+    snapshot_chunk_size_max_bytes: int = 1024 * 1024
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class _PendingProposal:
+    command: Command
+    future: asyncio.Future[CommandResult]
+
+
+class Replica:
+    def __init__(
+        self,
+        *,
+        raft: RaftNode,
+        storage: StorageWriter,
+        state_machine: QueueStateMachine,
+        peers: PeerSender,
+        settings: ReplicaSettings | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.raft = raft
+        self.storage = storage
+        self.state_machine = state_machine
+        self.peers = peers
+        self.settings = settings or ReplicaSettings()
+        self._clock_ms = clock_ms
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._pending_ticks = 0
+        self._inbox: deque[Message] = deque()
+        self._proposals: deque[_PendingProposal] = deque()
+        # Futures of proposals in the log, by index, with the term they were proposed in.
+        self._waiting: dict[int, tuple[Term, asyncio.Future[CommandResult]]] = {}
+        # Read ids must never repeat across restarts (see RaftNode.read_index): a random start.
+        self._read_ids = itertools.count(secrets.randbits(48) << 16)
+        self._reads_to_start: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._reads_started: dict[int, asyncio.Future[None]] = {}
+        self._reads_confirmed: list[tuple[int, asyncio.Future[None]]] = []
+        self._snapshots_to_adopt: deque[Snapshot] = deque()
+        self._snapshot_in_progress = False
+        self._tick_in_flight = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.messages_dropped = 0
+        self.failure: BaseException | None = None
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def receive(self, message: Message) -> None:
+        """A message from a peer (called by the transport on the event loop)."""
+        if len(self._inbox) >= self.settings.inbox_messages_max:
+            self.messages_dropped += 1
+            return
+        self._inbox.append(message)
+        self._wake.set()
+
+    async def submit(self, command: Command) -> CommandResult:
+        """Replicate `command` and return its result once it is committed and applied."""
+        self._check_running()
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(leader_id=self.raft.leader_id)
+        pending = len(self._proposals) + len(self._waiting)
+        if pending >= self.settings.pending_proposals_max:
+            raise Overloaded(f"{pending} commands are waiting to commit; try again shortly")
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._proposals.append(_PendingProposal(command, future))
+        self._wake.set()
+        return await future
+
+    async def linearizable_barrier(self) -> None:
+        """Return once this node has applied everything committed before the call (ReadIndex)."""
+        self._check_running()
+        waiting = len(self._reads_to_start) + len(self._reads_started)
+        if waiting >= self.settings.pending_reads_max:
+            raise Overloaded(f"{waiting} reads are waiting; try again shortly")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads_to_start.append((next(self._read_ids), future))
+        self._wake.set()
+        await future
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the core until `stop`; a storage failure ends it (the node must stop)."""
+        ticker = asyncio.create_task(self._tick_forever(), name="taskraft-ticker")
+        try:
+            await self._handle_readies()
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                self._feed_core()
+                await self._handle_readies()
+                self._maybe_start_snapshot()
+        except BaseException as error:
+            self.failure = error
+            raise
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, *self._background, return_exceptions=True)
+            self._fail_everything(Unavailable("this node is stopping"))
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _tick_forever(self) -> None:
+        interval = self.settings.tick_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self._pending_ticks += 1
+            self._wake.set()
+
+    def _feed_core(self) -> None:
+        raft = self.raft
+        for _ in range(self._pending_ticks):
+            raft.tick()
+        self._pending_ticks = 0
+        while self._inbox:
+            raft.step(self._inbox.popleft())
+        while self._snapshots_to_adopt:
+            self._adopt_snapshot(self._snapshots_to_adopt.popleft())
+        self._propose_batch()
+        self._start_reads()
+        self._maybe_propose_tick()
+
+    def _propose_batch(self) -> None:
+        while self._proposals:
+            batch = [
+                self._proposals.popleft()
+                for _ in range(min(len(self._proposals), self.settings.proposal_batch_max))
+            ]
+            now_ms = max(self._clock_ms(), self.state_machine.clock_ms)
+            try:
+                data = [encode_entry(pending.command, now_ms=now_ms) for pending in batch]
+                receipt = self.raft.propose(data)
+            except NotLeaderError as error:
+                self._fail(batch, NotLeader(leader_id=error.leader_id))
+                continue
+            except ProposalDroppedError as error:
+                self._fail(batch, Overloaded(str(error)))
+                continue
+            except TaskraftError as error:
+                self._fail(batch, error)
+                continue
+            for offset, pending in enumerate(batch):
+                self._waiting[receipt.first_index + offset] = (receipt.term, pending.future)
+
+    def _maybe_propose_tick(self) -> None:
+        """Leases and delays expire on log time: a leader proposes a Tick when one is due."""
+        if self.raft.role is not Role.LEADER or self._tick_in_flight:
+            return
+        deadline = self.state_machine.next_deadline_ms()
+        now_ms = self._clock_ms()
+        if deadline is None or deadline > now_ms:
+            return
+        try:
+            receipt = self.raft.propose([encode_entry(Tick(), now_ms=now_ms)])
+        except (NotLeaderError, ProposalDroppedError):
+            return
+        self._tick_in_flight = True
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(self._tick_done)
+        self._waiting[receipt.first_index] = (receipt.term, future)
+
+    def _tick_done(self, future: asyncio.Future[CommandResult]) -> None:
+        self._tick_in_flight = False
+        if not future.cancelled():
+            future.exception()  # a Tick that lost its entry is simply proposed again
+
+    def _start_reads(self) -> None:
+        while self._reads_to_start:
+            request_id, future = self._reads_to_start.popleft()
+            try:
+                self.raft.read_index(request_id)
+            except NotLeaderError as error:
+                _settle(future, NotLeader(leader_id=error.leader_id))
+                continue
+            except ProposalDroppedError as error:
+                _settle(future, Overloaded(str(error)))
+                continue
+            self._reads_started[request_id] = future
+
+    async def _handle_readies(self) -> None:
+        while self.raft.has_ready():
+            ready = self.raft.ready()
+            for message in ready.messages:
+                self.peers.send(message)
+            if ready.needs_persist():
+                await self.storage.persist(
+                    snapshot=ready.snapshot, entries=ready.entries, hard_state=ready.hard_state
+                )
+            for message in ready.messages_after_persist:
+                self.peers.send(message)
+            self._apply(ready)
+            self.raft.advance(ready)
+            self._release_reads()
+
+    def _apply(self, ready: Ready) -> None:
+        if ready.snapshot is not None:
+            self.state_machine = QueueStateMachine.restore([ready.snapshot.data])
+        for read_state in ready.read_states:
+            future = self._reads_started.pop(read_state.request_id, None)
+            if future is not None:
+                self._reads_confirmed.append((read_state.index, future))
+        for entry in ready.committed_entries:
+            waiting = self._waiting.pop(entry.index, None)
+            if entry.kind is not EntryKind.COMMAND:
+                if waiting is not None:
+                    _settle(waiting[1], Unavailable("a new leader replaced this command"))
+                continue
+            outcome: CommandResult | TaskraftError
+            try:
+                stamped = decode_entry(entry.data)
+                outcome = self.state_machine.apply(
+                    stamped.command, now_ms=stamped.now_ms, index=entry.index
+                )
+            except TaskraftError as error:
+                outcome = error
+            if waiting is None:
+                continue
+            proposed_term, proposal = waiting
+            if proposed_term != entry.term:
+                _settle(proposal, Unavailable("a new leader replaced this command; retry it"))
+            else:
+                _settle(proposal, outcome)
+
+    def _release_reads(self) -> None:
+        applied = self.raft.applied_index
+        still_waiting = []
+        for index, future in self._reads_confirmed:
+            if index <= applied:
+                _settle(future, None)
+            else:
+                still_waiting.append((index, future))
+        self._reads_confirmed = still_waiting
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def _maybe_start_snapshot(self) -> None:
+        raft = self.raft
+        applied = raft.applied_index
+        since = applied - raft.log.snapshot.metadata.index
+        if self._snapshot_in_progress or since < self.settings.snapshot_interval_entries:
+            return
+        term = raft.log.term_at(applied)
+        assert term is not None
+        metadata = SnapshotMetadata(
+            LogIndex(applied), term, raft.log.configuration_at(LogIndex(applied))
+        )
+        # A consistent copy, cheap to take on the loop; encoding happens on the snapshot thread.
+        copy = self.state_machine.snapshot_copy()
+        self._snapshot_in_progress = True
+        task = asyncio.create_task(self._write_snapshot(metadata, copy))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_snapshot(self, metadata: SnapshotMetadata, copy: StateSnapshot) -> None:
+        chunk_size = self.settings.snapshot_chunk_size_max_bytes
+        chunks: list[bytes] = []
+
+        def encoded() -> list[bytes]:
+            # The core keeps the snapshot's bytes to send to followers (docs/raft.md).
+            chunks.extend(copy.chunks(chunk_size))
+            return chunks
+
+        try:
+            await self.storage.write_snapshot(metadata, _LazyChunks(encoded))
+            self._snapshots_to_adopt.append(Snapshot(metadata, b"".join(chunks)))
+            self._wake.set()
+        finally:
+            self._snapshot_in_progress = False
+
+    def _adopt_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.metadata.index > self.raft.log.snapshot.metadata.index:
+            self.raft.snapshot_taken(snapshot)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _fail(self, batch: list[_PendingProposal], error: TaskraftError) -> None:
+        for pending in batch:
+            _settle(pending.future, error)
+
+    def _fail_everything(self, error: TaskraftError) -> None:
+        self._fail(list(self._proposals), error)
+        self._proposals.clear()
+        for _term, future in self._waiting.values():
+            _settle(future, error)
+        self._waiting.clear()
+        reads = [*self._reads_to_start, *self._reads_started.items(), *self._reads_confirmed]
+        for _position, read in reads:
+            _settle(read, error)
+        self._reads_to_start.clear()
+        self._reads_started.clear()
+        self._reads_confirmed.clear()
+
+    def _check_running(self) -> None:
+        if self._stopping or self.failure is not None:
+            raise Unavailable("this node is stopping")
+
+
+class _LazyChunks:
+    """Chunks produced on first iteration, i.e. on the storage's snapshot thread."""
+
+    def __init__(self, produce: Callable[[], list[bytes]]) -> None:
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._produce())
+
+
+def _settle(future: asyncio.Future[Any], outcome: object) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
