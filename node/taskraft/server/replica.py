@@ -116,8 +116,9 @@ class Replica:
         self._proposals: deque[_PendingProposal] = deque()
         # Futures of proposals in the log, by index, with the term they were proposed in.
         self._waiting: dict[int, tuple[Term, asyncio.Future[CommandResult]]] = {}
-        # Read ids must never repeat across restarts (see RaftNode.read_index): a random start.
-        self._read_ids = itertools.count(secrets.randbits(48) << 16)
+        # Read ids must never repeat across restarts (see RaftNode.read_index): a random start,
+        # below 2**62 so that peers (which refuse 2**63 and above) accept every id.
+        self._read_ids = itertools.count(secrets.randbits(46) << 16)
         self._reads_to_start: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._reads_started: dict[int, asyncio.Future[None]] = {}
         self._reads_confirmed: list[tuple[int, asyncio.Future[None]]] = []

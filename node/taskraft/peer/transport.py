@@ -1,0 +1,656 @@
+"""Carries Raft messages between nodes over TCP: the thin asyncio shell around the peer codec.
+
+Each node opens one connection to each peer it sends to and accepts one from each peer that
+sends to it; a connection carries messages one way, so neither side ever waits for the other to
+answer on it. Sending never waits for the network: `send` encodes the message and puts the frame
+on the peer's bounded queue, and one writer task per peer connects, writes the handshake and
+then drains the queue in batches. Raft tolerates lost messages and resends what still matters,
+so every bound here drops rather than waits or grows: a full queue drops the new message, a
+failed connection attempt drops what was queued, and each drop is counted for metrics.
+
+A peer that is down is retried with exponential backoff and full jitter (`ReconnectBackoff`).
+Incoming connections are bounded in number, must present a valid handshake within a timeout,
+and are closed with a logged error at the first byte that breaks the peer protocol; every other
+connection keeps being served.
+
+Every task this transport starts is tracked and cancelled by `close()`, which returns once they
+have all finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import random
+import socket
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+
+from taskraft.peer.backoff import ReconnectBackoff
+from taskraft.peer.codec import (
+    EndOfStream,
+    PeerHandshake,
+    PeerStreamReceiver,
+    check_local_identity,
+    encode_handshake,
+    encode_message,
+)
+from taskraft.peer.errors import LocalPeerError, RemotePeerError
+from taskraft.peer.limits import (
+    CLOSE_TIMEOUT_MS,
+    CONNECT_TIMEOUT_MS,
+    HANDSHAKE_TIMEOUT_MS,
+    INCOMING_CONNECTIONS_MAX,
+    READ_CHUNK_SIZE_BYTES,
+    RECONNECT_DELAY_MAX_MS,
+    RECONNECT_DELAY_MIN_MS,
+    SEND_QUEUE_FRAMES_MAX,
+    SEND_QUEUE_SIZE_MAX_BYTES,
+    WRITE_BATCH_SIZE_MAX_BYTES,
+    WRITE_STALL_TIMEOUT_MS,
+)
+from taskraft.raft.messages import Message
+from taskraft.raft.types import NodeId
+
+logger = logging.getLogger(__name__)
+
+PeerAddress = tuple[str, int]
+"""Where a peer listens: (host, port)."""
+
+
+@dataclass(slots=True)
+class TransportCounters:
+    """Totals since the transport started, for metrics; they only ever grow."""
+
+    # Frames handed to a peer's socket.
+    sent: int = 0
+    # Messages given up: queue full, queued when a connection attempt failed, queued for a
+    # peer that was removed, or sent after close.
+    dropped: int = 0
+    # Messages for a node that is not a configured peer.
+    unroutable: int = 0
+    # Messages delivered to on_message.
+    received: int = 0
+    # Messages received for another node, dropped.
+    misdirected: int = 0
+    connection_attempts: int = 0
+    # Outgoing connections established (the handshake written).
+    connections: int = 0
+    # Established outgoing connections to a peer this transport had been connected to before.
+    reconnects: int = 0
+    # Incoming connections accepted, and refused because INCOMING_CONNECTIONS_MAX were open.
+    incoming_accepted: int = 0
+    incoming_refused: int = 0
+    # Incoming connections closed because the peer broke the protocol or sent no handshake.
+    incoming_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One peer as seen by this node's sender to it, for metrics and status pages."""
+
+    address: PeerAddress
+    connected: bool
+    queued_frames: int
+    queued_bytes: int
+    sent: int
+    dropped: int
+    connection_attempts: int
+    connections: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportLimits:
+    """The bounds of one transport; the defaults and their reasons are in `limits`."""
+
+    send_queue_frames_max: int = SEND_QUEUE_FRAMES_MAX
+    send_queue_size_max_bytes: int = SEND_QUEUE_SIZE_MAX_BYTES
+    write_batch_size_max_bytes: int = WRITE_BATCH_SIZE_MAX_BYTES
+    incoming_connections_max: int = INCOMING_CONNECTIONS_MAX
+    reconnect_delay_min_ms: int = RECONNECT_DELAY_MIN_MS
+    reconnect_delay_max_ms: int = RECONNECT_DELAY_MAX_MS
+    connect_timeout_ms: int = CONNECT_TIMEOUT_MS
+    handshake_timeout_ms: int = HANDSHAKE_TIMEOUT_MS
+    write_stall_timeout_ms: int = WRITE_STALL_TIMEOUT_MS
+    close_timeout_ms: int = CLOSE_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) < 1:
+                raise ValueError(f"{field.name} must be at least 1")
+        if self.reconnect_delay_min_ms > self.reconnect_delay_max_ms:
+            raise ValueError("reconnect_delay_min_ms must not exceed reconnect_delay_max_ms")
+
+
+class PeerTransport:
+    """Sends Raft messages to peers and delivers the ones addressed to this node.
+
+    `on_message` is called on the event loop, once per message whose recipient is this node, in
+    the order each peer sent them; it must not block. Exceptions it raises are logged and the
+    message counted as received.
+    """
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        listen_host: str,
+        listen_port: int,
+        peers: Mapping[NodeId, PeerAddress],
+        on_message: Callable[[Message], None],
+        *,
+        cluster_id: str | None = None,
+        limits: TransportLimits | None = None,
+        random_source: random.Random | None = None,
+    ) -> None:
+        check_local_identity(node_id, cluster_id)
+        self._node_id = node_id
+        self._cluster_id = cluster_id
+        self._listen_host = listen_host
+        self._listen_port = listen_port
+        self._on_message = on_message
+        self._limits = limits or TransportLimits()
+        self._random = random_source or random.Random()
+        self._handshake_frame = encode_handshake(
+            PeerHandshake(sender=node_id, cluster_id=cluster_id)
+        )
+        self._counters = TransportCounters()
+        self._addresses: dict[NodeId, PeerAddress] = {}
+        self._links: dict[NodeId, _PeerLink] = {}
+        # Peers this node has been connected to, so a later connection counts as a reconnect
+        # even when the peer's link was replaced by a change of address.
+        self._connected_before: set[NodeId] = set()
+        # Every task started here: link writers (including retiring ones) and incoming readers.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._incoming: set[asyncio.Task[None]] = set()
+        self._incoming_by_sender: dict[NodeId, asyncio.Task[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self.set_peers(peers)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen for peers. Sending works without it; receiving needs it."""
+        if self._closed:
+            raise LocalPeerError("start() after close()")
+        if self._server is not None:
+            raise LocalPeerError("start() called twice")
+        self._server = await asyncio.start_server(
+            self._accept, self._listen_host, self._listen_port, limit=READ_CHUNK_SIZE_BYTES
+        )
+        logger.info("peer transport of %s listening on %s", self._node_id, self.listen_address)
+
+    @property
+    def listen_address(self) -> PeerAddress:
+        """The address the listener is bound to; with port 0, the port the system chose."""
+        if self._server is None or not self._server.sockets:
+            raise LocalPeerError("the transport is not listening")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return (str(host), int(port))
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and wait for every task to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for link in self._links.values():
+            self._counters.dropped += link.discard_queue()
+        self._links.clear()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._server is not None:
+            await self._server.wait_closed()
+        logger.info("peer transport of %s closed", self._node_id)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Queue `message` for its recipient without waiting; drop it when the queue is full.
+
+        Raises LocalPeerError for a message this node cannot send (another node's message, a
+        message the codec cannot carry): a bug in the caller.
+        """
+        if message.sender != self._node_id:
+            raise LocalPeerError(
+                f"cannot send a message from {message.sender!r} as node {self._node_id!r}"
+            )
+        if self._closed:
+            self._counters.dropped += 1
+            return
+        link = self._link_to(message.recipient)
+        if link is None:
+            self._counters.unroutable += 1
+            logger.debug(
+                "no address for %s; dropping %s", message.recipient, type(message).__name__
+            )
+            return
+        if link.is_full(0):
+            link.dropped += 1
+            self._counters.dropped += 1
+            return
+        frame = encode_message(message)
+        if link.is_full(len(frame)):
+            link.dropped += 1
+            self._counters.dropped += 1
+            return
+        link.enqueue(frame)
+
+    def set_peers(self, peers: Mapping[NodeId, PeerAddress]) -> None:
+        """Replace the peer addresses. This node's own entry, if present, is ignored.
+
+        A removed peer's connection is closed and its queue dropped; a peer whose address
+        changed is reconnected at the new one. Connections are made when a message is sent.
+        """
+        addresses: dict[NodeId, PeerAddress] = {}
+        for peer_id, (host, port) in peers.items():
+            check_local_identity(peer_id, None)
+            if not host or not 1 <= port <= 65535:
+                raise ValueError(f"peer {peer_id!r} has an invalid address {host!r}:{port}")
+            if peer_id != self._node_id:
+                addresses[peer_id] = (host, port)
+        for peer_id in list(self._links):
+            if addresses.get(peer_id) != self._addresses.get(peer_id):
+                self._retire_link(peer_id)
+        self._addresses = addresses
+
+    def _link_to(self, peer_id: NodeId) -> _PeerLink | None:
+        link = self._links.get(peer_id)
+        if link is None:
+            address = self._addresses.get(peer_id)
+            if address is None:
+                return None
+            link = _PeerLink(peer_id, address, self._limits)
+            self._links[peer_id] = link
+            link.task = self._start_task(self._run_link(link), f"peer link to {peer_id}")
+        return link
+
+    def _retire_link(self, peer_id: NodeId) -> None:
+        link = self._links.pop(peer_id)
+        self._counters.dropped += link.discard_queue()
+        if link.task is not None:
+            # Tracked in self._tasks until it finishes, so close() still waits for it.
+            link.task.cancel()
+
+    def _start_task(
+        self, coroutine: Coroutine[object, object, None], name: str
+    ) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._incoming.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "peer transport task %s failed", task.get_name(), exc_info=task.exception()
+            )
+
+    # -- one peer's writer ---------------------------------------------------------------------
+
+    async def _run_link(self, link: _PeerLink) -> None:
+        """Connect when there is something to send, drain the queue, back off when it fails.
+
+        The backoff starts again from its floor only after a connection has lasted
+        reconnect_delay_max_ms: a peer that accepts and at once closes (it refuses our
+        handshake, say) is retried as slowly as one that refuses connections.
+        """
+        limits = self._limits
+        backoff = ReconnectBackoff(
+            delay_min_ms=limits.reconnect_delay_min_ms,
+            delay_max_ms=limits.reconnect_delay_max_ms,
+            random_source=self._random,
+        )
+        loop = asyncio.get_running_loop()
+        while True:
+            await link.frames_queued()
+            streams = await self._connect(link, first_failure=backoff.failures == 0)
+            if streams is None:
+                # Messages that waited for a peer that is down are stale by the time it is back.
+                self._counters.dropped += link.discard_queue()
+            else:
+                connected_at = loop.time()
+                reader, writer = streams
+                try:
+                    await self._pump(link, reader, writer)
+                finally:
+                    link.connected = False
+                    await _close_writer(writer, limits.close_timeout_ms)
+                if (loop.time() - connected_at) * 1000 >= limits.reconnect_delay_max_ms:
+                    backoff.reset()
+            await asyncio.sleep(backoff.next_delay_ms() / 1000)
+
+    async def _connect(
+        self, link: _PeerLink, *, first_failure: bool
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        host, port = link.address
+        link.connection_attempts += 1
+        self._counters.connection_attempts += 1
+        try:
+            async with asyncio.timeout(self._limits.connect_timeout_ms / 1000):
+                reader, writer = await asyncio.open_connection(host, port)
+        except (OSError, TimeoutError) as error:
+            # The first failure of a series is worth a warning; the retries are not.
+            level = logging.WARNING if first_failure else logging.DEBUG
+            logger.log(
+                level, "cannot connect to peer %s at %s:%s: %r", link.peer_id, host, port, error
+            )
+            return None
+        _set_no_delay(writer)
+        writer.write(self._handshake_frame)
+        link.connected = True
+        link.connections += 1
+        self._counters.connections += 1
+        if link.peer_id in self._connected_before:
+            self._counters.reconnects += 1
+        self._connected_before.add(link.peer_id)
+        logger.info("connected to peer %s at %s:%s", link.peer_id, host, port)
+        return reader, writer
+
+    async def _pump(
+        self, link: _PeerLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Write queued frames in batches until the connection fails or the peer closes it.
+
+        The peer never writes on this connection, so a read that completes means it closed
+        the connection (or broke the protocol): time to reconnect.
+        """
+        closed_by_peer = asyncio.ensure_future(reader.read(1))
+        try:
+            while not closed_by_peer.done():
+                if not link.has_frames():
+                    await asyncio.wait(
+                        (link.wake_up_future(), closed_by_peer),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    continue
+                batch = link.take_batch()
+                writer.writelines(batch)
+                link.sent += len(batch)
+                self._counters.sent += len(batch)
+                async with asyncio.timeout(self._limits.write_stall_timeout_ms / 1000):
+                    await writer.drain()
+            logger.info("peer %s closed the connection", link.peer_id)
+        except TimeoutError:
+            logger.warning(
+                "peer %s accepted nothing for %d ms; connecting again",
+                link.peer_id,
+                self._limits.write_stall_timeout_ms,
+            )
+        except OSError as error:
+            logger.warning("connection to peer %s failed: %r", link.peer_id, error)
+        finally:
+            closed_by_peer.cancel()
+            await asyncio.wait((closed_by_peer,))
+            if not closed_by_peer.cancelled():
+                # Retrieved so that a reset connection is not reported as an unhandled error.
+                closed_by_peer.exception()
+
+    # -- incoming connections ------------------------------------------------------------------
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by the server for each accepted connection; serves it in a tracked task."""
+        peer_address = writer.get_extra_info("peername")
+        if self._closed:
+            writer.transport.abort()
+            return
+        if len(self._incoming) >= self._limits.incoming_connections_max:
+            self._counters.incoming_refused += 1
+            logger.warning(
+                "refusing a peer connection from %s: %d connections are open already",
+                peer_address,
+                len(self._incoming),
+            )
+            writer.transport.abort()
+            return
+        self._counters.incoming_accepted += 1
+        _set_no_delay(writer)
+        task = self._start_task(
+            self._serve_incoming(reader, writer, peer_address),
+            f"peer connection from {peer_address}",
+        )
+        self._incoming.add(task)
+
+    async def _serve_incoming(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_address: object
+    ) -> None:
+        receiver = PeerStreamReceiver(local_node_id=self._node_id, cluster_id=self._cluster_id)
+        try:
+            async with asyncio.timeout(self._limits.handshake_timeout_ms / 1000) as deadline:
+                await self._receive(reader, receiver, deadline)
+        except RemotePeerError as error:
+            self._counters.incoming_errors += 1
+            logger.error(
+                "closing the peer connection from %s (%s): it broke the peer protocol: %s",
+                peer_address,
+                _sender_name(receiver),
+                error,
+            )
+        except TimeoutError:
+            self._counters.incoming_errors += 1
+            logger.error(
+                "closing the peer connection from %s: no handshake within %d ms",
+                peer_address,
+                self._limits.handshake_timeout_ms,
+            )
+        except OSError as error:
+            logger.info(
+                "peer connection from %s (%s) failed: %r",
+                peer_address,
+                _sender_name(receiver),
+                error,
+            )
+        finally:
+            handshake = receiver.handshake
+            current = asyncio.current_task()
+            if handshake is not None and self._incoming_by_sender.get(handshake.sender) is current:
+                del self._incoming_by_sender[handshake.sender]
+            writer.transport.abort()
+
+    async def _receive(
+        self, reader: asyncio.StreamReader, receiver: PeerStreamReceiver, deadline: asyncio.Timeout
+    ) -> None:
+        """Feed the receiver until the stream ends; raises RemotePeerError at the first fault."""
+        misdirected_logged = False
+        while True:
+            event = receiver.next_event()
+            if event is None:
+                receiver.receive_data(await reader.read(READ_CHUNK_SIZE_BYTES))
+            elif isinstance(event, EndOfStream):
+                return
+            elif isinstance(event, PeerHandshake):
+                deadline.reschedule(None)
+                self._register_sender(event.sender)
+            elif event.recipient != self._node_id:
+                self._counters.misdirected += 1
+                if not misdirected_logged:
+                    misdirected_logged = True
+                    logger.warning(
+                        "peer %s sends messages for %s to this node %s; dropping them",
+                        event.sender,
+                        event.recipient,
+                        self._node_id,
+                    )
+            else:
+                self._deliver(event)
+
+    def _register_sender(self, sender: NodeId) -> None:
+        """Keep one connection per sender: a newer one means the older is dead or dying."""
+        current = asyncio.current_task()
+        assert current is not None
+        older = self._incoming_by_sender.get(sender)
+        if older is not None and older is not current:
+            logger.info("peer %s connected again; closing its older connection", sender)
+            older.cancel()
+        self._incoming_by_sender[sender] = current
+
+    def _deliver(self, message: Message) -> None:
+        self._counters.received += 1
+        try:
+            self._on_message(message)
+        except Exception:
+            logger.exception(
+                "on_message failed for %s from %s", type(message).__name__, message.sender
+            )
+
+    # -- observation ---------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._node_id
+
+    @property
+    def counters(self) -> TransportCounters:
+        """A copy of the totals since the transport started."""
+        return dataclasses.replace(self._counters)
+
+    @property
+    def open_incoming_connections(self) -> int:
+        """Incoming connections served now: a gauge, where the counters are totals."""
+        return len(self._incoming)
+
+    def peer_statuses(self) -> dict[NodeId, PeerStatus]:
+        """The state of the sender to every configured peer."""
+        statuses: dict[NodeId, PeerStatus] = {}
+        for peer_id, address in self._addresses.items():
+            link = self._links.get(peer_id)
+            if link is None:
+                statuses[peer_id] = PeerStatus(address, False, 0, 0, 0, 0, 0, 0)
+            else:
+                statuses[peer_id] = link.status()
+        return statuses
+
+
+class _PeerLink:
+    """The bounded queue of frames for one peer and the state of its writer task."""
+
+    __slots__ = (
+        "_frames",
+        "_limits",
+        "_wake_up",
+        "address",
+        "connected",
+        "connection_attempts",
+        "connections",
+        "dropped",
+        "peer_id",
+        "queued_bytes",
+        "sent",
+        "task",
+    )
+
+    def __init__(self, peer_id: NodeId, address: PeerAddress, limits: TransportLimits) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self._limits = limits
+        self._frames: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
+        self._wake_up: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.sent = 0
+        self.dropped = 0
+        self.connection_attempts = 0
+        self.connections = 0
+
+    def is_full(self, frame_size_bytes: int) -> bool:
+        limits = self._limits
+        return (
+            len(self._frames) >= limits.send_queue_frames_max
+            or self.queued_bytes + frame_size_bytes > limits.send_queue_size_max_bytes
+        )
+
+    def enqueue(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        self.queued_bytes += len(frame)
+        if self._wake_up is not None and not self._wake_up.done():
+            self._wake_up.set_result(None)
+
+    def has_frames(self) -> bool:
+        return bool(self._frames)
+
+    def wake_up_future(self) -> asyncio.Future[None]:
+        """A future that completes when a frame is queued (at once if one is)."""
+        if self._wake_up is None or self._wake_up.done():
+            self._wake_up = asyncio.get_running_loop().create_future()
+        if self._frames:
+            self._wake_up.set_result(None)
+        return self._wake_up
+
+    async def frames_queued(self) -> None:
+        while not self._frames:
+            await self.wake_up_future()
+
+    def take_batch(self) -> list[bytes]:
+        """Frames to write at once: at least one, at most write_batch_size_max_bytes beyond it."""
+        batch = [self._frames.popleft()]
+        size = len(batch[0])
+        while (
+            self._frames and size + len(self._frames[0]) <= self._limits.write_batch_size_max_bytes
+        ):
+            frame = self._frames.popleft()
+            batch.append(frame)
+            size += len(frame)
+        self.queued_bytes -= size
+        return batch
+
+    def discard_queue(self) -> int:
+        """Drop every queued frame; the number dropped."""
+        count = len(self._frames)
+        self._frames.clear()
+        self.queued_bytes = 0
+        self.dropped += count
+        return count
+
+    def status(self) -> PeerStatus:
+        return PeerStatus(
+            address=self.address,
+            connected=self.connected,
+            queued_frames=len(self._frames),
+            queued_bytes=self.queued_bytes,
+            sent=self.sent,
+            dropped=self.dropped,
+            connection_attempts=self.connection_attempts,
+            connections=self.connections,
+        )
+
+
+def _set_no_delay(writer: asyncio.StreamWriter) -> None:
+    """Send small frames at once: a heartbeat held back by Nagle's algorithm delays commits."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _close_writer(writer: asyncio.StreamWriter, close_timeout_ms: int) -> None:
+    """Close a connection, letting buffered bytes out for a while, then abort it."""
+    writer.close()
+    try:
+        async with asyncio.timeout(close_timeout_ms / 1000):
+            await writer.wait_closed()
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+
+
+def _sender_name(receiver: PeerStreamReceiver) -> str:
+    handshake = receiver.handshake
+    return "before its handshake" if handshake is None else f"node {handshake.sender}"
+
+
+__all__ = [
+    "PeerAddress",
+    "PeerStatus",
+    "PeerTransport",
+    "TransportCounters",
+    "TransportLimits",
+]

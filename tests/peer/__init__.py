@@ -1,0 +1,1 @@
+"""Tests of the peer layer: the sans-IO peer codec and the TCP transport between nodes."""
