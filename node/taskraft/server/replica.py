@@ -235,7 +235,7 @@ class Replica:
         if self.raft.role is not Role.LEADER or self._tick_in_flight:
             return
         deadline = self.state_machine.next_deadline_ms()
-        now_ms = self._clock_ms()
+        now_ms = max(self._clock_ms(), self.state_machine.clock_ms)
         if deadline is None or deadline > now_ms:
             return
         try:
