@@ -1,0 +1,560 @@
+"""The client port of a node: the protocol of docs/protocol.md over TCP, served by a `Replica`.
+
+Each connection is an asyncio protocol that feeds what it reads to a `ServerConnection` and acts
+on the events that come out, as h11 intends:
+
+- `Handshake`: the connection answered it by itself; the handshake deadline is disarmed.
+- `Request`: one handler task per request, so requests pipeline (answers may go out of order);
+  `ServerConnection` bounds how many one connection may have in flight.
+- `RequestRejected`: already answered (`overloaded`, or an argument out of range).
+- `ProtocolFailure`: write the error frame and close.
+- `ConnectionClosed`: the client ended its stream; answer what is in flight, then close.
+
+Writes go through `Replica.submit`, reads through `Replica.linearizable_barrier` and then the
+state machine; only the leader serves them, other nodes answer `not_leader` with the leader's id
+and client address. A dequeue that finds nothing and may wait (`wait_ms`) watches
+`ready_count` of its queue and submits again when a task may be ready.
+
+Everything a client can make the listener hold is bounded: connections (`connections_max`;
+beyond, an `overloaded` error frame and close), time to send the handshake, requests in flight
+per connection, and dequeues waiting at once (`long_polls_max`; beyond, `overloaded`).
+Connection tasks are created synchronously as requests arrive and tracked, so `close` leaves
+none behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from taskraft import protocol
+from taskraft import queue as queue_commands
+from taskraft.errors import BadRequest, NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.protocol import (
+    ConnectionClosed,
+    ConnectionState,
+    Handshake,
+    LocalProtocolError,
+    ProtocolFailure,
+    Request,
+    RequestRejected,
+    Response,
+    ServerConnection,
+)
+from taskraft.protocol.limits import REQUESTS_IN_FLIGHT_MAX
+from taskraft.queue import CommandResult
+from taskraft.queue.limits import LEASE_MS_DEFAULT
+from taskraft.raft import Role
+from taskraft.server.replica import Replica
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class ClientListener:
+    """Serves the client protocol on `host:port` for the replica `replica_provider` returns.
+
+    The provider is called for every request, so a restarted replica is picked up. `node_id`
+    names this node in handshake answers and `status`; `leader_address_of(leader_id)` gives the
+    `host:port` clients should use for a leader, or None when it is not known.
+    """
+
+    def __init__(
+        self,
+        replica_provider: Callable[[], Replica],
+        *,
+        host: str,
+        port: int,
+        node_id: str,
+        leader_address_of: Callable[[str | None], str | None],
+        connections_max: int = 1000,
+        handshake_timeout_s: float = 10.0,
+        long_polls_max: int = 10_000,
+        long_poll_interval_s: float = 0.01,
+        requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
+    ) -> None:
+        if connections_max < 1 or long_polls_max < 0:
+            raise ValueError("connections_max must be >= 1 and long_polls_max >= 0")
+        if handshake_timeout_s <= 0 or long_poll_interval_s <= 0:
+            raise ValueError("handshake_timeout_s and long_poll_interval_s must be positive")
+        self._replica_provider = replica_provider
+        self._host = host
+        self._port = port
+        self.node_id = node_id
+        self._leader_address_of = leader_address_of
+        # Connections served at once; beyond, a new one gets `overloaded` and is closed.
+        self.connections_max = connections_max
+        # A client must complete its handshake this long after connecting, or it is closed.
+        self.handshake_timeout_s = handshake_timeout_s
+        # Dequeues waiting for a task at once (each polls its queue); beyond, `overloaded`.
+        self.long_polls_max = long_polls_max
+        # How often a waiting dequeue looks at its queue's ready count.
+        self.long_poll_interval_s = long_poll_interval_s
+        # Requests one connection may have in flight; beyond, `overloaded` (ServerConnection).
+        self.requests_in_flight_max = requests_in_flight_max
+        self._server: asyncio.Server | None = None
+        self._connections: set[_ClientConnection] = set()
+        # Every request task of every connection, including those of connections closing.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._long_polls = 0
+        self._closing = False
+        # Counters, for logs and tests.
+        self.connections_refused = 0
+        self.requests_failed_unexpectedly = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("the client listener is already started")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ClientConnection(self), self._host, self._port
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); with port 0, the port the system picked."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the client listener is not listening")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    @property
+    def long_polls_waiting(self) -> int:
+        """Dequeues waiting for a task right now."""
+        return self._long_polls
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection and wait for all their tasks to end."""
+        self._closing = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for connection in list(self._connections):
+            connection.shut_down(Unavailable("this node is shutting down"))
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _admit(self, connection: _ClientConnection) -> TaskraftError | None:
+        """None when the connection may be served, else the error to close it with."""
+        if self._closing:
+            return Unavailable("this node is shutting down")
+        if len(self._connections) >= self.connections_max:
+            self.connections_refused += 1
+            return Overloaded("this node serves too many connections; try another or later")
+        self._connections.add(connection)
+        return None
+
+    def _forget(self, connection: _ClientConnection) -> None:
+        self._connections.discard(connection)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def answer(self, request: Request) -> Response:
+        """The response to one request; never raises but for cancellation."""
+        try:
+            result = await self._execute(request.operation)
+        except TaskraftError as error:
+            return Response(request.request_id, error=self._with_leader_address(error))
+        except Exception:
+            self.requests_failed_unexpectedly += 1
+            logger.exception("request %s (%s) failed", request.request_id, request.operation.name)
+            return Response(
+                request.request_id, error=Unavailable("the node failed to serve this request")
+            )
+        return Response(request.request_id, result=result)
+
+    def _with_leader_address(self, error: TaskraftError) -> TaskraftError:
+        if isinstance(error, NotLeader) and error.leader_address is None:
+            error.leader_address = (
+                None if error.leader_id is None else self._leader_address_of(error.leader_id)
+            )
+        return error
+
+    async def _execute(self, operation: protocol.Operation) -> protocol.Result | None:
+        replica = self._replica_provider()
+        if isinstance(operation, protocol.Status):
+            return self._status(replica)
+        _require_leader(replica)
+        match operation:
+            case protocol.Count():
+                await replica.linearizable_barrier()
+                return _counts(self._replica_provider().state_machine.count(operation.queue))
+            case protocol.ListQueues():
+                await replica.linearizable_barrier()
+                return _page(self._replica_provider().state_machine.list_queues(), operation)
+            case protocol.CreateQueue():
+                result = await replica.submit(_create_queue_command(operation))
+                return _description(_expect(result, queue_commands.QueueDescription))
+            case protocol.DeleteQueue():
+                await replica.submit(queue_commands.DeleteQueue(operation.queue))
+                return None
+            case protocol.Enqueue():
+                command = queue_commands.Enqueue(
+                    operation.queue,
+                    operation.priority,
+                    operation.payload,
+                    key=operation.key,
+                    delay_ms=operation.delay_ms,
+                )
+                enqueued = _expect(await replica.submit(command), queue_commands.EnqueueResult)
+                return protocol.Enqueued(task_id=enqueued.task_id, duplicate=enqueued.duplicate)
+            case protocol.Dequeue():
+                return await self._dequeue(replica, operation)
+            case protocol.Ack():
+                task = operation.task
+                await replica.submit(queue_commands.Ack(task.task_id, task.lease))
+                return None
+            case protocol.Nack():
+                task = operation.task
+                await replica.submit(
+                    queue_commands.Nack(task.task_id, task.lease, operation.delay_ms)
+                )
+                return None
+            case protocol.Extend():
+                task = operation.task
+                await replica.submit(
+                    queue_commands.Extend(task.task_id, task.lease, operation.lease_ms)
+                )
+                return None
+        raise BadRequest(f"operation {operation.name} is not served by this node")
+
+    async def _dequeue(
+        self, replica: Replica, operation: protocol.Dequeue
+    ) -> protocol.DeliveredTask | None:
+        command = queue_commands.Dequeue(operation.queue, lease_ms=operation.lease_ms)
+        delivered = await self._submit_dequeue(replica, command)
+        if delivered is not None or operation.wait_ms == 0:
+            return self._delivered(delivered, operation)
+        if self._long_polls >= self.long_polls_max:
+            raise Overloaded(
+                f"{self._long_polls} dequeues are already waiting on this node; try again shortly"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + operation.wait_ms / 1000
+        self._long_polls += 1
+        try:
+            while delivered is None:
+                replica = self._replica_provider()
+                _require_leader(replica)
+                if replica.state_machine.ready_count(operation.queue) > 0:
+                    delivered = await self._submit_dequeue(replica, command)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                await asyncio.sleep(min(self.long_poll_interval_s, remaining))
+        finally:
+            self._long_polls -= 1
+        return self._delivered(delivered, operation)
+
+    @staticmethod
+    async def _submit_dequeue(
+        replica: Replica, command: queue_commands.Dequeue
+    ) -> queue_commands.DeliveredTask | None:
+        result = await replica.submit(command)
+        return None if result is None else _expect(result, queue_commands.DeliveredTask)
+
+    def _delivered(
+        self, task: queue_commands.DeliveredTask | None, operation: protocol.Dequeue
+    ) -> protocol.DeliveredTask | None:
+        if task is None:
+            return None
+        lease_ms: int | None = None
+        if task.lease_token is not None:
+            lease_ms = (
+                operation.lease_ms
+                if operation.lease_ms is not None
+                else self._lease_ms_default(operation.queue, task)
+            )
+        return protocol.DeliveredTask(
+            task_id=task.task_id,
+            lease=task.lease_token,
+            queue=task.queue,
+            priority=task.priority,
+            payload=task.payload,
+            deliveries=task.deliveries,
+            lease_ms=lease_ms,
+        )
+
+    def _lease_ms_default(self, queue: str, task: queue_commands.DeliveredTask) -> int:
+        state_machine = self._replica_provider().state_machine
+        try:
+            return state_machine.describe_queue(queue).policies.lease_ms_default
+        except TaskraftError:
+            # The queue went away since: what is left of the lease is the honest answer.
+            expires_ms = task.lease_expires_ms or 0
+            return max(0, expires_ms - state_machine.clock_ms)
+
+    def _status(self, replica: Replica) -> protocol.NodeStatus:
+        raft = replica.raft
+        leader_id = None if raft.leader_id is None else str(raft.leader_id)
+        return protocol.NodeStatus(
+            node=self.node_id,
+            role=raft.role.value,
+            term=int(raft.term),
+            leader_id=leader_id,
+            leader_address=None if leader_id is None else self._leader_address_of(leader_id),
+            commit_index=int(raft.commit_index),
+            applied_index=int(raft.applied_index),
+        )
+
+
+class _ClientConnection(asyncio.Protocol):
+    """One client connection: bytes in, events out, one task per request in flight."""
+
+    def __init__(self, listener: ClientListener) -> None:
+        self._listener = listener
+        self._protocol = ServerConnection(
+            node_id=listener.node_id,
+            requests_in_flight_max=listener.requests_in_flight_max,
+        )
+        self._transport: asyncio.Transport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._client_done = False  # the client ended its stream
+        self._closed = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        refusal = self._listener._admit(self)
+        if refusal is not None:
+            self._fail(refusal)
+            return
+        timeout = self._listener.handshake_timeout_s
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            timeout, self._handshake_expired, timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._receive(data)
+
+    def eof_received(self) -> bool:
+        self._receive(b"")
+        # Keep the transport half open: the answers to requests in flight still go out.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._cancel_handshake_timer()
+        for task in self._tasks:
+            task.cancel()
+        self._writable.set()
+        self._listener._forget(self)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self._transport is not None and not self._closed and not self._client_done:
+            self._transport.resume_reading()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        if self._closed or self._client_done:
+            return
+        connection = self._protocol
+        try:
+            connection.receive_data(data)
+            while not self._closed:
+                event = connection.next_event()
+                if event is None:
+                    break
+                if isinstance(event, Handshake):
+                    self._cancel_handshake_timer()
+                elif isinstance(event, Request):
+                    self._spawn(event)
+                elif isinstance(event, RequestRejected):
+                    logger.debug("request %s rejected: %s", event.request_id, event.error)
+                elif isinstance(event, ProtocolFailure):
+                    logger.debug("client connection failed: %s", event.error)
+                    self._close_after_flush()
+                    return
+                elif isinstance(event, ConnectionClosed):
+                    self._client_done = True
+                    if self._transport is not None:
+                        self._transport.pause_reading()
+                    self._close_when_idle()
+                    break
+            self._flush()
+        except Exception:
+            logger.exception("client connection broke; closing it")
+            self._abort()
+
+    def _spawn(self, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._serve(request), name=f"taskraft-client-request-{request.request_id}"
+        )
+        self._tasks.add(task)
+        self._listener._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._listener._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("client request task failed", exc_info=task.exception())
+        self._close_when_idle()
+
+    async def _serve(self, request: Request) -> None:
+        response = await self._listener.answer(request)
+        await self._writable.wait()
+        if self._closed or self._protocol.state is ConnectionState.FAILED:
+            return
+        try:
+            self._protocol.send_response(response)
+        except LocalProtocolError:
+            logger.exception("cannot encode the answer to request %s", request.request_id)
+            self._protocol.send_response(
+                Response(request.request_id, error=Unavailable("the node could not answer"))
+            )
+        self._flush()
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def shut_down(self, error: TaskraftError) -> None:
+        """Tell the client why, close, and cancel the requests in flight."""
+        if not self._closed:
+            self._fail(error)
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > 0:
+            # A client that does not read must not hold the shutdown up.
+            transport.abort()
+
+    def _handshake_expired(self, timeout: float) -> None:
+        self._handshake_timer = None
+        if self._protocol.state is ConnectionState.AWAITING_HANDSHAKE and not self._closed:
+            self._fail(BadRequest(f"no handshake within {timeout:g} s"))
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _fail(self, error: TaskraftError) -> None:
+        """End the connection with an error frame."""
+        if self._protocol.state is not ConnectionState.FAILED:
+            try:
+                self._protocol.send_connection_error(error)
+            except LocalProtocolError:
+                logger.exception("cannot send a connection error")
+        self._close_after_flush()
+
+    def _close_when_idle(self) -> None:
+        if self._client_done and not self._tasks and not self._closed:
+            self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        self._flush()
+        self._closed = True
+        self._cancel_handshake_timer()
+        for task in self._tasks:
+            task.cancel()
+        self._listener._forget(self)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _abort(self) -> None:
+        self._closed = True
+        self._cancel_handshake_timer()
+        for task in self._tasks:
+            task.cancel()
+        self._listener._forget(self)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _flush(self) -> None:
+        data = self._protocol.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
+def _require_leader(replica: Replica) -> None:
+    raft = replica.raft
+    if raft.role is not Role.LEADER:
+        raise NotLeader(
+            "this node does not lead", leader_id=None if raft.leader_id is None else raft.leader_id
+        )
+
+
+def _expect(result: CommandResult, expected: type[_T]) -> _T:
+    if not isinstance(result, expected):
+        raise Unavailable(
+            f"the state machine answered {type(result).__name__}, not {expected.__name__}"
+        )
+    return result
+
+
+def _create_queue_command(operation: protocol.CreateQueue) -> queue_commands.CreateQueue:
+    return queue_commands.CreateQueue(
+        operation.queue,
+        kind="heap" if operation.kind is None else operation.kind,
+        max_size=operation.max_size,
+        max_payload_bytes=operation.max_payload_bytes,
+        priority_range=operation.priority_range,
+        lease_ms_default=(
+            LEASE_MS_DEFAULT if operation.lease_ms_default is None else operation.lease_ms_default
+        ),
+        max_deliveries=operation.max_deliveries,
+        dead_letter_queue=operation.dead_letter_queue,
+    )
+
+
+def _counts(counts: queue_commands.QueueCounts) -> protocol.QueueCounts:
+    return protocol.QueueCounts(ready=counts.ready, delayed=counts.delayed, leased=counts.leased)
+
+
+def _description(description: queue_commands.QueueDescription) -> protocol.QueueDescription:
+    policies = description.policies
+    return protocol.QueueDescription(
+        name=description.name,
+        policies=protocol.QueuePolicies(
+            kind=str(policies.kind.value),
+            max_size=policies.max_size,
+            max_payload_bytes=policies.max_payload_bytes,
+            priority_range=policies.priority_range,
+            lease_ms_default=policies.lease_ms_default,
+            max_deliveries=policies.max_deliveries,
+            dead_letter_queue=policies.dead_letter_queue,
+        ),
+        counts=_counts(description.counts),
+    )
+
+
+def _page(
+    queues: tuple[queue_commands.QueueDescription, ...], operation: protocol.ListQueues
+) -> protocol.QueuePage:
+    after = operation.after
+    following = [queue for queue in queues if after is None or queue.name > after]
+    page = following[: operation.limit]
+    return protocol.QueuePage(
+        queues=tuple(_description(queue) for queue in page),
+        more=len(following) > len(page),
+    )
+
+
+__all__ = ["ClientListener"]
