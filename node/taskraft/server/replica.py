@@ -197,11 +197,14 @@ class Replica:
 
     def _feed_core(self) -> None:
         raft = self.raft
+        # Messages before ticks: after a slow fsync a follower has both queued, and the leader's
+        # heartbeat that arrived meanwhile must count before the time that passed, or the
+        # follower would call an election against a live leader.
+        while self._inbox:
+            raft.step(self._inbox.popleft())
         for _ in range(self._pending_ticks):
             raft.tick()
         self._pending_ticks = 0
-        while self._inbox:
-            raft.step(self._inbox.popleft())
         while self._snapshots_to_adopt:
             self._adopt_snapshot(self._snapshots_to_adopt.popleft())
         self._propose_batch()
