@@ -9,7 +9,6 @@ Every wait has a deadline.
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import threading
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from served_cluster import DEADLINE_SECONDS, ServedCluster
 
 from taskraft.client import AsyncClient, Client, QueueCounts, Task
 from taskraft.errors import (
@@ -25,119 +25,14 @@ from taskraft.errors import (
     QueueNotFound,
     UnknownLease,
 )
-from taskraft.queue import QueueStateMachine
-from taskraft.raft import (
-    Configuration,
-    Message,
-    NodeId,
-    RaftNode,
-    RaftOptions,
-    Role,
-    bootstrap_state,
-)
-from taskraft.server import Replica, ReplicaSettings
-from taskraft.server.client_listener import ClientListener
-from taskraft.storage import FileStorage, StorageWriter
 
-DEADLINE_SECONDS = 5.0
 TEST_SECONDS = 9.0
-NODES = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
-SETTINGS = ReplicaSettings(tick_interval_ms=10)
-OPTIONS = RaftOptions(election_timeout_ticks=10)
 
 
-class Router:
-    def __init__(self) -> None:
-        self.replicas: dict[NodeId, Replica] = {}
-
-    def send(self, message: Message) -> None:
-        replica = self.replicas.get(message.recipient)
-        if replica is not None:
-            asyncio.get_running_loop().call_soon(replica.receive, message)
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE_SECONDS):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {DEADLINE_SECONDS} s") from None
-
-
-class Cluster:
-    """Three replicas on real storage, each behind a client listener."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.router = Router()
-        self.tasks: dict[NodeId, asyncio.Task[None]] = {}
-        self.listeners: dict[NodeId, ClientListener] = {}
-        self.addresses: dict[str, str] = {}
-
-    def address_of(self, node_id: str | None) -> str | None:
-        return None if node_id is None else self.addresses.get(node_id)
-
-    async def start(self) -> None:
-        for node_id in NODES:
-            storage = FileStorage.open(self.directory / node_id)
-            bootstrap = bootstrap_state(Configuration(voters=frozenset(NODES)))
-            storage.persist(snapshot=bootstrap.snapshot, entries=(), hard_state=None)
-            raft = RaftNode(
-                node_id=node_id,
-                persisted=storage.load(),
-                options=OPTIONS,
-                random_source=random.Random(hash(node_id)),
-            )
-            replica = Replica(
-                raft=raft,
-                storage=StorageWriter(storage),
-                state_machine=QueueStateMachine(),
-                peers=self.router,
-                settings=SETTINGS,
-            )
-            self.router.replicas[node_id] = replica
-            self.tasks[node_id] = asyncio.create_task(replica.run())
-            listener = ClientListener(
-                lambda node_id=node_id: self.router.replicas[node_id],
-                host="127.0.0.1",
-                port=0,
-                node_id=node_id,
-                leader_address_of=self.address_of,
-            )
-            await listener.start()
-            self.listeners[node_id] = listener
-            host, port = listener.address
-            self.addresses[node_id] = f"{host}:{port}"
-        await wait_for(lambda: self.leader_id() is not None, "leader")
-
-    def leader_id(self) -> NodeId | None:
-        leaders = [n for n, r in self.router.replicas.items() if r.raft.role is Role.LEADER]
-        return leaders[0] if len(leaders) == 1 else None
-
-    def leader_address(self) -> str:
-        leader_id = self.leader_id()
-        assert leader_id is not None
-        return self.addresses[leader_id]
-
-    def follower_address(self) -> str:
-        leader_id = self.leader_id()
-        return next(address for n, address in self.addresses.items() if n != leader_id)
-
-    async def stop(self) -> None:
-        for listener in self.listeners.values():
-            await listener.close()
-        for node_id, replica in list(self.router.replicas.items()):
-            replica.stop()
-            await self.tasks.pop(node_id)
-            await replica.storage.close()
-        self.router.replicas.clear()
-
-
-def run(test: Callable[[Cluster], Awaitable[None]], directory: Path) -> None:
+def run(test: Callable[[ServedCluster], Awaitable[None]], directory: Path) -> None:
     async def scenario() -> None:
         async with asyncio.timeout(TEST_SECONDS):
-            cluster = Cluster(directory)
+            cluster = ServedCluster(directory)
             try:
                 await cluster.start()
                 await test(cluster)
@@ -162,7 +57,7 @@ def fast_client(servers: list[str], **options: Any) -> AsyncClient:
 
 
 def test_enqueue_dequeue_in_priority_order_ack_and_count(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         async with fast_client([cluster.leader_address()]) as client:
             description = await client.create_queue("jobs")
             assert description.name == "jobs" and description.policies.kind == "heap"
@@ -200,7 +95,7 @@ def test_enqueue_dequeue_in_priority_order_ack_and_count(tmp_path: Path) -> None
 def test_a_client_given_only_a_follower_follows_the_redirect_to_the_leader(
     tmp_path: Path,
 ) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         async with fast_client([cluster.follower_address()]) as client:
             task_id = await client.enqueue("default", b"redirected")
             assert client.connected_to == cluster.leader_address()
@@ -212,7 +107,7 @@ def test_a_client_given_only_a_follower_follows_the_redirect_to_the_leader(
 
 
 def test_unreachable_servers_are_skipped(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         servers = [closed_port_address(), cluster.follower_address()]
         async with fast_client(servers) as client:
             assert await client.count("default") == QueueCounts(ready=0, delayed=0, leased=0)
@@ -222,7 +117,7 @@ def test_unreachable_servers_are_skipped(tmp_path: Path) -> None:
 
 
 def test_the_same_key_enqueued_twice_returns_the_same_id(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         async with fast_client([cluster.leader_address()]) as client:
             first = await client.enqueue("default", b"order 17", key="order-17")
             second = await client.enqueue("default", b"order 17", key="order-17")
@@ -237,7 +132,7 @@ def test_the_same_key_enqueued_twice_returns_the_same_id(tmp_path: Path) -> None
 
 
 def test_server_errors_raise_the_matching_exception(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         async with fast_client([cluster.leader_address()]) as client:
             with pytest.raises(QueueNotFound):
                 await client.count("missing")
@@ -258,7 +153,7 @@ def test_server_errors_raise_the_matching_exception(tmp_path: Path) -> None:
 
 
 def test_a_lost_connection_is_replaced_and_the_request_retried(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         async with fast_client([cluster.leader_address()]) as client:
             task_id = await client.enqueue("default", b"x", key="k")
             connection = client._connection
@@ -273,7 +168,7 @@ def test_a_lost_connection_is_replaced_and_the_request_retried(tmp_path: Path) -
 
 
 def test_close_leaves_no_tasks_and_refuses_later_calls(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         before = asyncio.all_tasks()
         client = fast_client([cluster.follower_address()])
         await client.enqueue("default", b"x")
@@ -306,7 +201,7 @@ class ClusterThread:
         async def serve() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            cluster = Cluster(self.directory)
+            cluster = ServedCluster(self.directory)
             try:
                 await cluster.start()
                 self.leader = cluster.leader_address()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from served_cluster import DEADLINE_SECONDS, ServedCluster, wait_for
 
 from taskraft.errors import NotLeader, Overloaded, TaskraftError
 from taskraft.protocol import (
@@ -39,115 +40,9 @@ from taskraft.protocol import (
     Response,
     Status,
 )
-from taskraft.queue import QueueStateMachine
-from taskraft.raft import (
-    Configuration,
-    Message,
-    NodeId,
-    RaftNode,
-    RaftOptions,
-    Role,
-    bootstrap_state,
-)
-from taskraft.server import Replica, ReplicaSettings
 from taskraft.server.client_listener import ClientListener
-from taskraft.storage import FileStorage, StorageWriter
 
-DEADLINE_SECONDS = 5.0
 TEST_SECONDS = 9.0
-NODES = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
-SETTINGS = ReplicaSettings(tick_interval_ms=10)
-OPTIONS = RaftOptions(election_timeout_ticks=10)
-
-
-class Router:
-    def __init__(self) -> None:
-        self.replicas: dict[NodeId, Replica] = {}
-
-    def send(self, message: Message) -> None:
-        replica = self.replicas.get(message.recipient)
-        if replica is not None:
-            asyncio.get_running_loop().call_soon(replica.receive, message)
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    try:
-        async with asyncio.timeout(DEADLINE_SECONDS):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {DEADLINE_SECONDS} s") from None
-
-
-class Cluster:
-    """Three replicas on real storage, each behind a client listener."""
-
-    def __init__(self, directory: Path, **listener_options: Any) -> None:
-        self.directory = directory
-        self.router = Router()
-        self.tasks: dict[NodeId, asyncio.Task[None]] = {}
-        self.listeners: dict[NodeId, ClientListener] = {}
-        self.addresses: dict[str, str] = {}
-        self.listener_options = listener_options
-
-    def address_of(self, node_id: str | None) -> str | None:
-        return None if node_id is None else self.addresses.get(node_id)
-
-    async def start(self) -> None:
-        for node_id in NODES:
-            storage = FileStorage.open(self.directory / node_id)
-            bootstrap = bootstrap_state(Configuration(voters=frozenset(NODES)))
-            storage.persist(snapshot=bootstrap.snapshot, entries=(), hard_state=None)
-            raft = RaftNode(
-                node_id=node_id,
-                persisted=storage.load(),
-                options=OPTIONS,
-                random_source=random.Random(hash(node_id)),
-            )
-            replica = Replica(
-                raft=raft,
-                storage=StorageWriter(storage),
-                state_machine=QueueStateMachine(),
-                peers=self.router,
-                settings=SETTINGS,
-            )
-            self.router.replicas[node_id] = replica
-            self.tasks[node_id] = asyncio.create_task(replica.run())
-            listener = ClientListener(
-                lambda node_id=node_id: self.router.replicas[node_id],
-                host="127.0.0.1",
-                port=0,
-                node_id=node_id,
-                leader_address_of=self.address_of,
-                **self.listener_options,
-            )
-            await listener.start()
-            self.listeners[node_id] = listener
-            host, port = listener.address
-            self.addresses[node_id] = f"{host}:{port}"
-        await wait_for(lambda: self.leader_id() is not None, "leader")
-
-    def leader_id(self) -> NodeId | None:
-        leaders = [n for n, r in self.router.replicas.items() if r.raft.role is Role.LEADER]
-        return leaders[0] if len(leaders) == 1 else None
-
-    def leader_listener(self) -> ClientListener:
-        leader_id = self.leader_id()
-        assert leader_id is not None
-        return self.listeners[leader_id]
-
-    def follower_listener(self) -> ClientListener:
-        leader_id = self.leader_id()
-        return next(listener for n, listener in self.listeners.items() if n != leader_id)
-
-    async def stop(self) -> None:
-        for listener in self.listeners.values():
-            await listener.close()
-        for node_id, replica in list(self.router.replicas.items()):
-            replica.stop()
-            await self.tasks.pop(node_id)
-            await replica.storage.close()
-        self.router.replicas.clear()
 
 
 class Client:
@@ -210,10 +105,10 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
     return bytes(received)
 
 
-def run(test: Callable[[Cluster], Awaitable[None]], directory: Path, **options: Any) -> None:
+def run(test: Callable[[ServedCluster], Awaitable[None]], directory: Path, **options: Any) -> None:
     async def scenario() -> None:
         async with asyncio.timeout(TEST_SECONDS):
-            cluster = Cluster(directory, **options)
+            cluster = ServedCluster(directory, **options)
             try:
                 await cluster.start()
                 await test(cluster)
@@ -226,7 +121,7 @@ def run(test: Callable[[Cluster], Awaitable[None]], directory: Path, **options: 
 
 
 def test_enqueue_dequeue_in_priority_order_ack_and_count(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         client = await Client.connect(cluster.leader_listener())
         description = await client.call(CreateQueue(queue="jobs"))
         assert isinstance(description, QueueDescription)
@@ -265,7 +160,7 @@ def test_enqueue_dequeue_in_priority_order_ack_and_count(tmp_path: Path) -> None
 def test_a_waiting_dequeue_gets_a_task_enqueued_later_or_nil_at_its_deadline(
     tmp_path: Path,
 ) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         worker = await Client.connect(listener)
         producer = await Client.connect(listener)
@@ -285,7 +180,7 @@ def test_a_waiting_dequeue_gets_a_task_enqueued_later_or_nil_at_its_deadline(
 
 
 def test_a_follower_answers_not_leader_with_the_leaders_id_and_address(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         follower = cluster.follower_listener()
         client = await Client.connect(follower)
         status = await client.call(Status())
@@ -310,7 +205,7 @@ def test_a_follower_answers_not_leader_with_the_leaders_id_and_address(tmp_path:
 
 
 def test_pipelined_requests_on_one_connection_are_all_answered(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         client = await Client.connect(cluster.leader_listener(), handshake=False)
         # Handshake and requests in one write, without waiting for any answer.
         enqueues = [
@@ -338,7 +233,7 @@ def test_pipelined_requests_on_one_connection_are_all_answered(tmp_path: Path) -
 def test_garbage_closes_that_connection_while_another_client_keeps_working(
     tmp_path: Path,
 ) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         good = await Client.connect(listener)
         reader, writer = await asyncio.open_connection(*listener.address)
@@ -361,7 +256,7 @@ def test_garbage_closes_that_connection_while_another_client_keeps_working(
 def test_a_client_that_never_sends_is_closed_after_the_handshake_deadline(
     tmp_path: Path,
 ) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         reader, writer = await asyncio.open_connection(*listener.address)
         received = await read_until_closed(reader)
@@ -380,7 +275,7 @@ def test_a_client_that_never_sends_is_closed_after_the_handshake_deadline(
 
 
 def test_connections_beyond_the_bound_are_told_overloaded(tmp_path: Path) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         first = await Client.connect(listener)
         second = await Client.connect(listener, handshake=False)
@@ -401,7 +296,7 @@ def test_connections_beyond_the_bound_are_told_overloaded(tmp_path: Path) -> Non
 def test_close_ends_connections_and_requests_in_flight_and_leaves_no_task(
     tmp_path: Path,
 ) -> None:
-    async def test(cluster: Cluster) -> None:
+    async def test(cluster: ServedCluster) -> None:
         before = asyncio.all_tasks()
         listener = cluster.leader_listener()
         address = listener.address

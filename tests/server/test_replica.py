@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from served_cluster import Router
 
 from taskraft.errors import NotLeader
 from taskraft.queue import Ack, Dequeue, Enqueue, QueueStateMachine
 from taskraft.raft import (
     Configuration,
-    Message,
     NodeId,
     RaftNode,
     RaftOptions,
@@ -32,19 +32,6 @@ DEADLINE_SECONDS = 20.0
 NODES = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
 SETTINGS = ReplicaSettings(tick_interval_ms=10, snapshot_interval_entries=50)
 OPTIONS = RaftOptions(election_timeout_ticks=10)
-
-
-class Router:
-    def __init__(self) -> None:
-        self.replicas: dict[NodeId, Replica] = {}
-
-    def sender(self) -> Router:
-        return self
-
-    def send(self, message: Message) -> None:
-        replica = self.replicas.get(message.recipient)
-        if replica is not None:
-            asyncio.get_running_loop().call_soon(replica.receive, message)
 
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
