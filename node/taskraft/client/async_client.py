@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.peer.backoff import ReconnectBackoff
 from taskraft.protocol import (
     Ack,
     ClientConnection,
@@ -410,7 +411,11 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         self._check_open()
         deadline = loop.time() + self.request_timeout_s + extra_time_s
-        backoff = self.backoff_initial_s
+        backoff = ReconnectBackoff(
+            delay_min_ms=self.backoff_initial_s * 1000,
+            delay_max_ms=self.backoff_max_s * 1000,
+            random_source=self._random,
+        )
         redirects = 0
         last_error: BaseException | None = None
         async with self._slots:
@@ -427,7 +432,7 @@ class AsyncClient:
                     future = connection.send(operation)
                 except _NotSent as error:
                     last_error = error
-                    backoff = await self._back_off(backoff, deadline)
+                    await self._back_off(backoff, deadline)
                     continue
                 try:
                     attempt_s = min(remaining, self.attempt_timeout_s + extra_time_s)
@@ -442,10 +447,10 @@ class AsyncClient:
                         continue
                     redirects = 0
                     self._leader_address = None
-                    backoff = await self._back_off(backoff, deadline)
+                    await self._back_off(backoff, deadline)
                 except Overloaded as error:
                     last_error = error
-                    backoff = await self._back_off(backoff, deadline)
+                    await self._back_off(backoff, deadline)
                 except (Unavailable, _Lost, TimeoutError) as error:
                     if isinstance(error, TimeoutError):
                         self._drop(connection, f"no answer to {operation.name} in time")
@@ -457,18 +462,16 @@ class AsyncClient:
                             "it may or may not have taken effect"
                         ) from error
                     last_error = error
-                    backoff = await self._back_off(backoff, deadline)
+                    await self._back_off(backoff, deadline)
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the client is closed")
 
-    async def _back_off(self, backoff: float, deadline: float) -> float:
-        """Sleep about `backoff` (with jitter, never past the deadline); the next backoff."""
+    async def _back_off(self, backoff: ReconnectBackoff, deadline: float) -> None:
+        """Sleep the next jittered backoff delay, never past the deadline."""
         remaining = deadline - asyncio.get_running_loop().time()
-        delay = min(backoff * (0.5 + self._random.random()), max(remaining, 0.0))
-        await asyncio.sleep(delay)
-        return min(backoff * 2, self.backoff_max_s)
+        await asyncio.sleep(min(backoff.next_delay_ms() / 1000, max(remaining, 0.0)))
 
     def _drop(self, connection: _Connection, reason: str) -> None:
         connection.close(reason)
