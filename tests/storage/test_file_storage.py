@@ -205,3 +205,18 @@ def test_a_lost_snapshot_behind_an_empty_log_refuses_to_start(tmp_path: Path) ->
     snapshot_file.write_bytes(b"damaged")
     with pytest.raises(StorageError, match=r"entries 1\.\.90 are missing"):
         open_storage(tmp_path).load()
+
+
+def test_the_newest_snapshot_reads_back_as_a_stream(tmp_path: Path) -> None:
+    storage = open_storage(tmp_path)
+    assert storage.open_snapshot_reader() is None
+    state = bytes(range(256)) * 20_000
+    metadata = SnapshotMetadata(LogIndex(7), Term(2), SOLO)
+    storage.write_snapshot(metadata, (state[i : i + 65_536] for i in range(0, len(state), 65_536)))
+    reader = storage.open_snapshot_reader()
+    assert reader is not None
+    with reader:
+        chunks = list(reader)
+    assert reader.metadata == metadata
+    assert len(chunks) > 1 and b"".join(chunks) == state
+    storage.close()

@@ -18,7 +18,6 @@ from taskraft.raft.types import (
     EntryKind,
     LogIndex,
     Snapshot,
-    SnapshotMetadata,
     Term,
 )
 
@@ -207,6 +206,3 @@ class RaftLog:
         self.applied = snapshot.metadata.index
         self.persisted_index = snapshot.metadata.index
         self.snapshot_unpersisted = True
-
-    def snapshot_metadata(self) -> SnapshotMetadata:
-        return self.snapshot.metadata

@@ -16,8 +16,6 @@ NodeId = NewType("NodeId", str)
 Term = NewType("Term", int)
 LogIndex = NewType("LogIndex", int)
 
-NO_NODE: NodeId | None = None
-
 
 class Role(enum.Enum):
     """The role a node plays in its current term (thesis 3.3, plus PreVote's pre-candidate)."""
