@@ -73,6 +73,35 @@ def test_membership_changes_apply_one_server_at_a_time() -> None:
         MembershipChange(MembershipChangeKind.PROMOTE_LEARNER, one).apply_to(start)
 
 
+def test_member_addresses_follow_membership_changes_and_round_trip() -> None:
+    one, two = NodeId("1"), NodeId("2")
+    start = Configuration(voters=frozenset({one}), addresses=((one, "a:1"),))
+    assert start.encode() == b'{"voters":["1"],"learners":[],"addresses":{"1":"a:1"}}'
+    added = MembershipChange(MembershipChangeKind.ADD_LEARNER, two, address="b:2").apply_to(start)
+    assert added.addresses == ((one, "a:1"), (two, "b:2"))
+    assert added.address_of(two) == "b:2"
+    assert Configuration.decode(added.encode()) == added
+    promoted = MembershipChange(MembershipChangeKind.PROMOTE_LEARNER, two).apply_to(added)
+    assert promoted.addresses == added.addresses
+    removed = MembershipChange(MembershipChangeKind.REMOVE_MEMBER, one).apply_to(promoted)
+    assert removed.addresses == ((two, "b:2"),) and removed.address_of(one) is None
+    with pytest.raises(ValueError, match="only a node added as a learner"):
+        MembershipChange(MembershipChangeKind.PROMOTE_LEARNER, two, address="c:3").apply_to(added)
+
+
+def test_addresses_belong_to_members_only_once() -> None:
+    one = NodeId("1")
+    with pytest.raises(ValueError, match="not members"):
+        Configuration(voters=frozenset({one}), addresses=((NodeId("2"), "b:2"),))
+    with pytest.raises(ValueError, match="two addresses"):
+        Configuration(voters=frozenset({one}), addresses=((one, "a:1"), (one, "a:2")))
+
+
+def test_a_configuration_without_addresses_encodes_as_before() -> None:
+    configuration = Configuration(voters=frozenset({NodeId("1")}))
+    assert configuration.encode() == b'{"voters":["1"],"learners":[]}'
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("election_timeout_ticks", 1), ("heartbeat_interval_ticks", 0), ("inflight_messages_max", 0)],

@@ -40,7 +40,14 @@ node_ids = (
 def configurations(draw: st.DrawFn) -> Configuration:
     members = draw(st.lists(node_ids, unique=True, max_size=8))
     split = draw(st.integers(0, len(members)))
-    return Configuration(voters=frozenset(members[:split]), learners=frozenset(members[split:]))
+    addressed = draw(st.lists(st.sampled_from(members), unique=True) if members else st.just([]))
+    addresses = tuple(
+        (member, draw(st.text(min_size=1, max_size=40).filter(lambda text: text.isprintable())))
+        for member in addressed
+    )
+    return Configuration(
+        voters=frozenset(members[:split]), learners=frozenset(members[split:]), addresses=addresses
+    )
 
 
 @st.composite

@@ -60,7 +60,11 @@ from taskraft.raft import (
 from taskraft.raft.log import RaftLog
 
 A, B = NodeId("a"), NodeId("b")
-CONFIGURATION = Configuration(voters=frozenset({A, B}), learners=frozenset({NodeId("c")}))
+CONFIGURATION = Configuration(
+    voters=frozenset({A, B}),
+    learners=frozenset({NodeId("c")}),
+    addresses=((A, "a.example:7101"), (NodeId("c"), "10.0.0.3:7101")),
+)
 
 # One valid message of each type. AppendEntries has term 5 and entries of terms 2 to 5 after
 # previous_log_term 2, so that each entry rule can be broken on its own.
@@ -106,13 +110,14 @@ EXAMPLES: list[Message] = [
 ]
 
 # The wire layout: each message's name and, after its tag, each item's field name and kind.
-NODE, INTEGER, OPTIONAL_INTEGER, BOOLEAN, ENTRIES, MEMBERS, CHUNK = (
+NODE, INTEGER, OPTIONAL_INTEGER, BOOLEAN, ENTRIES, MEMBERS, ADDRESSES, CHUNK = (
     "node",
     "integer",
     "optional integer",
     "boolean",
     "entries",
     "members",
+    "addresses",
     "chunk",
 )
 HEAD = [("sender", NODE), ("recipient", NODE), ("term", INTEGER)]
@@ -168,6 +173,7 @@ LAYOUTS: dict[type, tuple[str, list[tuple[str, str]]]] = {
             ("metadata.term", INTEGER),
             ("metadata.configuration.voters", MEMBERS),
             ("metadata.configuration.learners", MEMBERS),
+            ("metadata.configuration.addresses", ADDRESSES),
             ("offset", INTEGER),
             ("data", CHUNK),
             ("done", BOOLEAN),
@@ -229,6 +235,17 @@ BAD_VALUES: dict[str, list[object]] = {
         [LONG_ID],
         ["a", "a"],
         [f"n{n}" for n in range(CONFIGURATION_MEMBERS_MAX + 1)],
+    ],
+    ADDRESSES: [
+        None,
+        {"a": "h:1"},
+        ["a"],
+        ["a", 7],
+        [7, "h:1"],
+        ["a", ""],
+        ["a", "h" * 301],
+        ["a", "h:1", "a", "h:2"],
+        ["stranger", "h:1"],
     ],
     CHUNK: [None, "data", 7, [], b"x" * (SNAPSHOT_CHUNK_SIZE_MAX_BYTES + 1)],
 }
@@ -394,6 +411,11 @@ def test_bad_entries_are_remote_errors(entries: list[object], field: str) -> Non
         b'{"voters": [""], "learners": []}',
         b'{"voters": ["a", "a"], "learners": []}',
         b'{"voters": ["a"], "learners": ["a"]}',
+        b'{"voters": ["a"], "learners": [], "addresses": []}',
+        b'{"voters": ["a"], "learners": [], "addresses": {"a": 7}}',
+        b'{"voters": ["a"], "learners": [], "addresses": {"a": ""}}',
+        b'{"voters": ["a"], "learners": [], "addresses": {"b": "h:1"}}',
+        b'{"voters": ["a"], "learners": [], "addresses": {"": "h:1"}}',
     ],
 )
 def test_configuration_entries_must_carry_a_configuration(data: bytes) -> None:
@@ -571,16 +593,19 @@ def test_a_frame_over_the_bound_is_refused_from_its_length_prefix_alone() -> Non
 @pytest.mark.parametrize(
     ("handshake", "field"),
     [
-        (["taskraft", 1, "a", None], "handshake"),
+        (["taskraft", 1, "a", None, None, None], "handshake"),
         ({"taskraft": 1}, "handshake"),
         ([HANDSHAKE_MAGIC], "handshake.version"),
-        ([HANDSHAKE_MAGIC, 2, "a", None], "handshake.version"),
-        ([HANDSHAKE_MAGIC, "1", "a", None], "handshake.version"),
+        ([HANDSHAKE_MAGIC, 2, "a", None, None, None], "handshake.version"),
+        ([HANDSHAKE_MAGIC, "1", "a", None, None, None], "handshake.version"),
         ([HANDSHAKE_MAGIC, 1, "a"], "handshake"),
-        ([HANDSHAKE_MAGIC, 1, "", None], "handshake.sender"),
-        ([HANDSHAKE_MAGIC, 1, LONG_ID, None], "handshake.sender"),
-        ([HANDSHAKE_MAGIC, 1, "a", 5], "handshake.cluster_id"),
-        ([HANDSHAKE_MAGIC, 1, "a", "x" * 256], "handshake.cluster_id"),
+        ([HANDSHAKE_MAGIC, 1, "a", None], "handshake"),
+        ([HANDSHAKE_MAGIC, 1, "", None, None, None], "handshake.sender"),
+        ([HANDSHAKE_MAGIC, 1, LONG_ID, None, None, None], "handshake.sender"),
+        ([HANDSHAKE_MAGIC, 1, "a", 5, None, None], "handshake.cluster_id"),
+        ([HANDSHAKE_MAGIC, 1, "a", "x" * 256, None, None], "handshake.cluster_id"),
+        ([HANDSHAKE_MAGIC, 1, "a", None, 7, None], "handshake.client_address"),
+        ([HANDSHAKE_MAGIC, 1, "a", None, None, "x" * 301], "handshake.http_address"),
     ],
 )
 def test_bad_handshakes_are_remote_errors(handshake: object, field: str) -> None:
@@ -745,11 +770,23 @@ def test_local_identity_is_checked_like_a_peers() -> None:
     for node_id, cluster_id in (("", None), (LONG_ID, None), ("n1", ""), ("n1", LONG_ID)):
         with pytest.raises(ValueError):
             check_local_identity(node_id, cluster_id)
+    with pytest.raises(ValueError):
+        check_local_identity("n1", None, client_address="x" * 301)
 
 
-@given(node_ids, st.none() | st.text(min_size=1, max_size=32))
-def test_handshakes_round_trip(sender: NodeId, cluster_id: str | None) -> None:
-    handshake = PeerHandshake(sender=sender, cluster_id=cluster_id)
+ADDRESS_TEXT = st.none() | st.text(min_size=1, max_size=64)
+
+
+@given(node_ids, st.none() | st.text(min_size=1, max_size=32), ADDRESS_TEXT, ADDRESS_TEXT)
+def test_handshakes_round_trip(
+    sender: NodeId, cluster_id: str | None, client_address: str | None, http_address: str | None
+) -> None:
+    handshake = PeerHandshake(
+        sender=sender,
+        cluster_id=cluster_id,
+        client_address=client_address,
+        http_address=http_address,
+    )
     receiver = new_receiver(local=NodeId("elsewhere"), cluster_id=cluster_id)
     if sender == "elsewhere":
         return

@@ -8,9 +8,11 @@ clock: bytes go in through `PeerStreamReceiver.receive_data`, handshakes and mes
 transport, the tests and any other driver run the same code.
 
 A connection carries messages one way. Its first frame is the handshake, an array
-`["taskraft-peer", version, sender, cluster_id or nil]`; every later frame is one message, an
-array whose first item is the message's tag and whose other items are the message's fields in
-a fixed order (see `_MESSAGE_FORMATS` and `message_to_wire`), for example
+`["taskraft-peer", version, sender, cluster_id, client_address, http_address]` (the last three
+may be nil; the addresses are where the sender serves clients and HTTP, so that a follower can
+point clients at its leader); every later frame is one message, an array whose first item is
+the message's tag and whose other items are the message's fields in a fixed order (see
+`_MESSAGE_FORMATS` and `message_to_wire`), for example
 `[8, sender, recipient, term, request_id]` for a ReadIndexRequest. Positional arrays keep a
 heartbeat at about 20 bytes; the version in the handshake is what allows a later layout.
 
@@ -18,7 +20,8 @@ Two layouts are flattened, so that no frame nests arrays more than two deep
 (`WIRE_NESTING_DEPTH_MAX`): an AppendEntries sends its entries as one flat array of
 `term, kind, data` triples, each entry's index following from `previous_log_index` (the core
 only ever sends consecutive entries, so a peer cannot send a gap), and an InstallSnapshot
-carries its metadata as `index, term, voters, learners` among its own fields.
+carries its metadata as `index, term, voters, learners, addresses` among its own fields, the
+addresses as one flat array of `node, address` pairs.
 
 Decoding trusts nothing: every field's type and range is checked, and anything wrong raises
 `RemotePeerError` naming the field, never another exception. Beyond types and ranges it refuses
@@ -36,6 +39,7 @@ from typing import Final
 
 from taskraft.peer.errors import LocalPeerError, RemotePeerError
 from taskraft.peer.limits import (
+    ADDRESS_SIZE_MAX_BYTES,
     BATCH_SIZE_MAX_BYTES,
     CLUSTER_ID_SIZE_MAX_BYTES,
     CONFIGURATION_MEMBERS_MAX,
@@ -93,11 +97,15 @@ class PeerHandshake:
     """The first frame of every peer connection: who connects, speaking which version.
 
     `cluster_id`, when the cluster has one, keeps a node of another cluster (a stale address, a
-    copied configuration) from ever delivering a message here.
+    copied configuration) from ever delivering a message here. `client_address` and
+    `http_address` are where the sender serves clients and HTTP (`host:port`), so that the
+    receiver can redirect clients to it when it leads.
     """
 
     sender: NodeId
     cluster_id: str | None = None
+    client_address: str | None = None
+    http_address: str | None = None
     version: int = PEER_PROTOCOL_VERSION
 
 
@@ -109,7 +117,14 @@ PeerEvent = PeerHandshake | Message | EndOfStream
 
 def encode_handshake(handshake: PeerHandshake) -> bytes:
     """The handshake frame a node sends first on every connection it opens."""
-    value = [HANDSHAKE_MAGIC, handshake.version, handshake.sender, handshake.cluster_id]
+    value = [
+        HANDSHAKE_MAGIC,
+        handshake.version,
+        handshake.sender,
+        handshake.cluster_id,
+        handshake.client_address,
+        handshake.http_address,
+    ]
     return _frame(value, HANDSHAKE_FRAME_SIZE_MAX_BYTES)
 
 
@@ -200,6 +215,7 @@ def _wire_install_snapshot(message: InstallSnapshot) -> list[object]:
         metadata.term,
         sorted(configuration.voters),
         sorted(configuration.learners),
+        [item for pair in configuration.addresses for item in pair],
         message.offset,
         message.data,
         message.done,
@@ -231,12 +247,21 @@ def check_raft_options(options: RaftOptions) -> None:
         )
 
 
-def check_local_identity(node_id: str, cluster_id: str | None) -> None:
-    """Refuse a node id or cluster id that peers would refuse in this node's handshake."""
+def check_local_identity(
+    node_id: str,
+    cluster_id: str | None,
+    *,
+    client_address: str | None = None,
+    http_address: str | None = None,
+) -> None:
+    """Refuse a node id, cluster id or address that peers would refuse in this node's handshake."""
     try:
         _node_id(node_id, "node_id")
         if cluster_id is not None:
             _text(cluster_id, "cluster_id", CLUSTER_ID_SIZE_MAX_BYTES)
+        for name, address in (("client_address", client_address), ("http_address", http_address)):
+            if address is not None:
+                _text(address, name, ADDRESS_SIZE_MAX_BYTES)
     except RemotePeerError as error:
         raise ValueError(str(error)) from None
 
@@ -410,11 +435,23 @@ def _configuration_entry(data: bytes, path: str) -> Configuration:
         raise RemotePeerError(path, f"not a JSON configuration: {error}") from None
     if type(document) is not dict:
         raise _wrong_type(path, "a JSON object", document)
-    if set(document) != {"voters", "learners"}:
-        raise RemotePeerError(path, "a configuration has exactly the keys voters and learners")
+    if set(document) - {"addresses"} != {"voters", "learners"}:
+        raise RemotePeerError(
+            path, "a configuration has the keys voters and learners, and optionally addresses"
+        )
     voters = _members(document["voters"], f"{path}.voters")
     learners = _members(document["learners"], f"{path}.learners")
-    return _configuration(voters, learners, path)
+    addresses = document.get("addresses", {})
+    if type(addresses) is not dict:
+        raise _wrong_type(f"{path}.addresses", "a JSON object", addresses)
+    pairs = [
+        (
+            _node_id(node, f"{path}.addresses"),
+            _text(address, f"{path}.addresses.{shorten(str(node))}", ADDRESS_SIZE_MAX_BYTES),
+        )
+        for node, address in addresses.items()
+    ]
+    return _configuration(voters, learners, pairs, path)
 
 
 def _decode_append_entries_response(fields: _Fields) -> AppendEntriesResponse:
@@ -444,7 +481,10 @@ def _decode_install_snapshot(fields: _Fields) -> InstallSnapshot:
     metadata_term = fields.term("metadata.term")
     voters = _members(fields.take(), fields.path("metadata.configuration.voters"))
     learners = _members(fields.take(), fields.path("metadata.configuration.learners"))
-    configuration = _configuration(voters, learners, fields.path("metadata.configuration"))
+    addresses = _address_pairs(fields.take(), fields.path("metadata.configuration.addresses"))
+    configuration = _configuration(
+        voters, learners, addresses, fields.path("metadata.configuration")
+    )
     return InstallSnapshot(
         sender=sender,
         recipient=recipient,
@@ -519,7 +559,7 @@ _MESSAGE_FORMATS: Final = (
     _MessageFormat(
         4, AppendEntriesResponse, "append_entries_response", 11, _decode_append_entries_response
     ),
-    _MessageFormat(5, InstallSnapshot, "install_snapshot", 11, _decode_install_snapshot),
+    _MessageFormat(5, InstallSnapshot, "install_snapshot", 12, _decode_install_snapshot),
     _MessageFormat(
         6,
         InstallSnapshotResponse,
@@ -554,13 +594,23 @@ def decode_handshake(value: object) -> PeerHandshake:
             "handshake.version",
             f"peer protocol version {version} is not supported; this node speaks {spoken}",
         )
-    if len(value) != 4:
-        raise RemotePeerError("handshake", f"expected an array of 4 items, got {len(value)}")
+    if len(value) != 6:
+        raise RemotePeerError("handshake", f"expected an array of 6 items, got {len(value)}")
     sender = _node_id(value[2], "handshake.sender")
     cluster_id = None
     if value[3] is not None:
         cluster_id = _text(value[3], "handshake.cluster_id", CLUSTER_ID_SIZE_MAX_BYTES)
-    return PeerHandshake(sender=sender, cluster_id=cluster_id, version=version)
+    client_address, http_address = (
+        None if item is None else _text(item, f"handshake.{name}", ADDRESS_SIZE_MAX_BYTES)
+        for item, name in ((value[4], "client_address"), (value[5], "http_address"))
+    )
+    return PeerHandshake(
+        sender=sender,
+        cluster_id=cluster_id,
+        client_address=client_address,
+        http_address=http_address,
+        version=version,
+    )
 
 
 # -- field checks ------------------------------------------------------------------------------
@@ -634,8 +684,28 @@ def _members(value: object, path: str) -> frozenset[NodeId]:
     return frozenset(members)
 
 
+def _address_pairs(value: object, path: str) -> list[tuple[NodeId, str]]:
+    """Member addresses sent as one flat array `node, address, node, address, ...`."""
+    if type(value) is not list:
+        raise _wrong_type(path, "array", value)
+    if len(value) % 2 or len(value) > 2 * CONFIGURATION_MEMBERS_MAX:
+        raise RemotePeerError(
+            path, f"expected pairs of node and address for at most {CONFIGURATION_MEMBERS_MAX}"
+        )
+    return [
+        (
+            _node_id(value[position], f"{path}[{position}]"),
+            _text(value[position + 1], f"{path}[{position + 1}]", ADDRESS_SIZE_MAX_BYTES),
+        )
+        for position in range(0, len(value), 2)
+    ]
+
+
 def _configuration(
-    voters: frozenset[NodeId], learners: frozenset[NodeId], path: str
+    voters: frozenset[NodeId],
+    learners: frozenset[NodeId],
+    addresses: list[tuple[NodeId, str]],
+    path: str,
 ) -> Configuration:
     both = voters & learners
     if both:
@@ -644,7 +714,15 @@ def _configuration(
         raise RemotePeerError(
             path, f"more than {CONFIGURATION_MEMBERS_MAX} voters and learners together"
         )
-    return Configuration(voters=voters, learners=learners)
+    addressed = [node for node, _address in addresses]
+    if len(set(addressed)) != len(addressed):
+        raise RemotePeerError(f"{path}.addresses", "a member is listed twice")
+    strangers = set(addressed) - voters - learners
+    if strangers:
+        raise RemotePeerError(
+            f"{path}.addresses", f"{shorten(min(strangers))} is not a member but has an address"
+        )
+    return Configuration(voters=voters, learners=learners, addresses=tuple(addresses))
 
 
 # -- a stream of frames ------------------------------------------------------------------------

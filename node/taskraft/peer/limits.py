@@ -35,6 +35,10 @@ NODE_ID_SIZE_MAX_BYTES: Final = 255
 CLUSTER_ID_SIZE_MAX_BYTES: Final = 255
 """A cluster id, sent in the handshake so that two clusters never exchange messages."""
 
+ADDRESS_SIZE_MAX_BYTES: Final = 300
+"""A `host:port` address (a member's peer address in a configuration, a node's client and HTTP
+addresses in its handshake): a DNS name of 253 bytes, a colon and a port fit."""
+
 BATCH_SIZE_MAX_BYTES: Final = 1024 * 1024
 """The largest `RaftOptions.batch_size_max_bytes` the protocol carries: its default, 1 MiB.
 
@@ -65,7 +69,7 @@ CONFIGURATION_MEMBERS_MAX: Final = 256
 """The most voters plus learners in a configuration carried by a snapshot or an entry.
 
 Raft clusters have 3 to 7 voters and a few learners; 256 is far past any sensible cluster while
-a configuration of 256 ids of 255 bytes still takes only 64 KiB.
+a configuration of 256 ids of 255 bytes and their addresses still takes only 140 KiB.
 """
 
 PEER_FRAME_SIZE_MAX_BYTES: Final = 4 * 1024 * 1024
@@ -79,10 +83,10 @@ while a peer that stalls in the middle of a frame pins at most 4 MiB of its conn
 this node keeps at most one connection per peer once the handshake is done.
 """
 
-HANDSHAKE_FRAME_SIZE_MAX_BYTES: Final = 1024
-"""The largest handshake frame. A handshake holds the magic, the version, a node id and a
-cluster id (about 540 bytes at most), so a stranger cannot make this node buffer a large frame
-before it has proven that it speaks the peer protocol."""
+HANDSHAKE_FRAME_SIZE_MAX_BYTES: Final = 2048
+"""The largest handshake frame. A handshake holds the magic, the version, a node id, a cluster
+id and two addresses (about 1,150 bytes at most), so a stranger cannot make this node buffer a
+large frame before it has proven that it speaks the peer protocol."""
 
 WIRE_COLLECTION_LENGTH_MAX: Final = 3 * ENTRIES_PER_MESSAGE_MAX
 """The longest array a peer frame may contain: a full AppendEntries sends its entries as one

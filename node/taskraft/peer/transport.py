@@ -142,10 +142,14 @@ class PeerTransport:
         on_message: Callable[[Message], None],
         *,
         cluster_id: str | None = None,
+        client_address: str | None = None,
+        http_address: str | None = None,
         limits: TransportLimits | None = None,
         random_source: random.Random | None = None,
     ) -> None:
-        check_local_identity(node_id, cluster_id)
+        check_local_identity(
+            node_id, cluster_id, client_address=client_address, http_address=http_address
+        )
         self._node_id = node_id
         self._cluster_id = cluster_id
         self._listen_host = listen_host
@@ -154,8 +158,15 @@ class PeerTransport:
         self._limits = limits or TransportLimits()
         self._random = random_source or random.Random()
         self._handshake_frame = encode_handshake(
-            PeerHandshake(sender=node_id, cluster_id=cluster_id)
+            PeerHandshake(
+                sender=node_id,
+                cluster_id=cluster_id,
+                client_address=client_address,
+                http_address=http_address,
+            )
         )
+        # The latest handshake each peer sent: where it serves clients and HTTP.
+        self._handshakes: dict[NodeId, PeerHandshake] = {}
         self._counters = TransportCounters()
         self._addresses: dict[NodeId, PeerAddress] = {}
         self._links: dict[NodeId, _PeerLink] = {}
@@ -470,6 +481,7 @@ class PeerTransport:
             elif isinstance(event, PeerHandshake):
                 deadline.reschedule(None)
                 self._register_sender(event.sender)
+                self._handshakes[event.sender] = event
             elif event.recipient != self._node_id:
                 self._counters.misdirected += 1
                 if not misdirected_logged:
@@ -507,6 +519,10 @@ class PeerTransport:
     @property
     def node_id(self) -> NodeId:
         return self._node_id
+
+    def handshake_of(self, peer_id: NodeId) -> PeerHandshake | None:
+        """The last handshake `peer_id` sent this node: its advertised client and HTTP addresses."""
+        return self._handshakes.get(peer_id)
 
     @property
     def counters(self) -> TransportCounters:

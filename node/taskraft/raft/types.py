@@ -66,20 +66,41 @@ class Configuration:
 
     A configuration entry carries the whole configuration (not a delta), so the latest one in a
     log is enough to know the membership at that point.
+
+    `addresses` says where each member can be reached, as (node id, address) pairs sorted by
+    node id. The core never reads an address: it only carries them in configuration entries and
+    snapshots, so that every member, including one that joins later or restarts, learns where
+    its peers are from the replicated log (as etcd carries member URLs in its configuration
+    changes). A member without an address is reachable only through addresses given outside the
+    log. The pairs may come in any order; they are stored sorted.
     """
 
     voters: frozenset[NodeId] = frozenset()
     learners: frozenset[NodeId] = frozenset()
+    addresses: tuple[tuple[NodeId, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.voters & self.learners:
             raise ValueError(
                 f"a node cannot be voter and learner at once: {sorted(self.voters & self.learners)}"
             )
+        addresses = dict(self.addresses)
+        if len(addresses) != len(self.addresses):
+            raise ValueError("a member has two addresses")
+        strangers = set(addresses) - self.members
+        if strangers:
+            raise ValueError(f"addresses given for nodes that are not members: {sorted(strangers)}")
+        object.__setattr__(self, "addresses", tuple(sorted(addresses.items())))
 
     @property
     def members(self) -> frozenset[NodeId]:
         return self.voters | self.learners
+
+    def address_of(self, node: NodeId) -> str | None:
+        for member, address in self.addresses:
+            if member == node:
+                return address
+        return None
 
     def quorum(self) -> int:
         """The smallest number of voters that forms a majority."""
@@ -87,7 +108,12 @@ class Configuration:
 
     def encode(self) -> bytes:
         """A canonical, deterministic encoding for configuration entries and snapshots."""
-        document = {"voters": sorted(self.voters), "learners": sorted(self.learners)}
+        document: dict[str, object] = {
+            "voters": sorted(self.voters),
+            "learners": sorted(self.learners),
+        }
+        if self.addresses:
+            document["addresses"] = dict(self.addresses)
         return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
@@ -96,6 +122,10 @@ class Configuration:
         return cls(
             voters=frozenset(NodeId(node) for node in document["voters"]),
             learners=frozenset(NodeId(node) for node in document["learners"]),
+            addresses=tuple(
+                (NodeId(node), str(address))
+                for node, address in document.get("addresses", {}).items()
+            ),
         )
 
 
@@ -109,25 +139,42 @@ class MembershipChangeKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class MembershipChange:
+    """One single-server change; `address` (ADD_LEARNER only) is recorded for the new member."""
+
     kind: MembershipChangeKind
     node_id: NodeId
+    address: str | None = None
 
     def apply_to(self, configuration: Configuration) -> Configuration:
         """The configuration after this change, or ValueError when the change makes no sense."""
         node = self.node_id
+        addresses = dict(configuration.addresses)
         if self.kind is MembershipChangeKind.ADD_LEARNER:
             if node in configuration.members:
                 raise ValueError(f"{node} is already a member")
-            return Configuration(configuration.voters, configuration.learners | {node})
+            if self.address is not None:
+                addresses[node] = self.address
+            return Configuration(
+                configuration.voters, configuration.learners | {node}, tuple(addresses.items())
+            )
+        if self.address is not None:
+            raise ValueError("only a node added as a learner comes with an address")
         if self.kind is MembershipChangeKind.PROMOTE_LEARNER:
             if node not in configuration.learners:
                 raise ValueError(f"{node} is not a learner")
-            return Configuration(configuration.voters | {node}, configuration.learners - {node})
+            return Configuration(
+                configuration.voters | {node},
+                configuration.learners - {node},
+                configuration.addresses,
+            )
         if node not in configuration.members:
             raise ValueError(f"{node} is not a member")
         if configuration.voters == {node}:
             raise ValueError(f"cannot remove {node}: it is the last voter")
-        return Configuration(configuration.voters - {node}, configuration.learners - {node})
+        addresses.pop(node, None)
+        return Configuration(
+            configuration.voters - {node}, configuration.learners - {node}, tuple(addresses.items())
+        )
 
 
 @dataclass(frozen=True, slots=True)

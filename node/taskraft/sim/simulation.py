@@ -167,6 +167,11 @@ class SimulatedNode:
         return self.raft is not None
 
 
+def member_address(node_id: NodeId) -> str:
+    """The address each simulated member is added with; every configuration must carry it."""
+    return f"node-{node_id}.simulated:7101"
+
+
 def encode_state(commands: list[str]) -> bytes:
     return json.dumps(commands, separators=(",", ":")).encode()
 
@@ -212,8 +217,10 @@ class Simulation:
         self._acknowledged_index_max = 0
         # Linearizable reads in flight: request id -> (node, smallest index the read may return).
         self._reads: dict[int, tuple[NodeId, int]] = {}
+        founding_ids = [NodeId(str(n)) for n in range(1, settings.nodes + 1)]
         founders = Configuration(
-            voters=frozenset(NodeId(str(n)) for n in range(1, settings.nodes + 1))
+            voters=frozenset(founding_ids),
+            addresses=tuple((node_id, member_address(node_id)) for node_id in founding_ids),
         )
         for node_id in sorted(founders.voters):
             self.add_node(node_id, bootstrap_state(founders))
@@ -449,7 +456,11 @@ class Simulation:
         options: list[MembershipChange] = []
         if self._next_node <= self.settings.nodes + self.settings.added_nodes_max:
             new_id = NodeId(str(self._next_node))
-            options.append(MembershipChange(MembershipChangeKind.ADD_LEARNER, new_id))
+            options.append(
+                MembershipChange(
+                    MembershipChangeKind.ADD_LEARNER, new_id, address=member_address(new_id)
+                )
+            )
         for learner in sorted(configuration.learners):
             options.append(MembershipChange(MembershipChangeKind.PROMOTE_LEARNER, learner))
         if len(configuration.members) > 1:
@@ -591,6 +602,14 @@ class Simulation:
     def check_logs(self) -> None:
         running = [node.raft for node in self.nodes.values() if node.raft is not None]
         check_log_matching(running)
+        for raft in running:
+            configuration = raft.configuration
+            expected = tuple((member, member_address(member)) for member in configuration.members)
+            if configuration.addresses != tuple(sorted(expected)):
+                raise SafetyViolation(
+                    f"node {raft.id} holds member addresses {configuration.addresses} for the "
+                    f"members {sorted(configuration.members)}"
+                )
 
     def _check_exactly_once(self) -> None:
         leaders = self.leaders()
