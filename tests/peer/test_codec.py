@@ -593,19 +593,20 @@ def test_a_frame_over_the_bound_is_refused_from_its_length_prefix_alone() -> Non
 @pytest.mark.parametrize(
     ("handshake", "field"),
     [
-        (["taskraft", 1, "a", None, None, None], "handshake"),
+        (["taskraft", 1, "a", None, None, None, None], "handshake"),
         ({"taskraft": 1}, "handshake"),
         ([HANDSHAKE_MAGIC], "handshake.version"),
-        ([HANDSHAKE_MAGIC, 2, "a", None, None, None], "handshake.version"),
-        ([HANDSHAKE_MAGIC, "1", "a", None, None, None], "handshake.version"),
+        ([HANDSHAKE_MAGIC, 2, "a", None, None, None, None], "handshake.version"),
+        ([HANDSHAKE_MAGIC, "1", "a", None, None, None, None], "handshake.version"),
         ([HANDSHAKE_MAGIC, 1, "a"], "handshake"),
         ([HANDSHAKE_MAGIC, 1, "a", None], "handshake"),
-        ([HANDSHAKE_MAGIC, 1, "", None, None, None], "handshake.sender"),
-        ([HANDSHAKE_MAGIC, 1, LONG_ID, None, None, None], "handshake.sender"),
-        ([HANDSHAKE_MAGIC, 1, "a", 5, None, None], "handshake.cluster_id"),
-        ([HANDSHAKE_MAGIC, 1, "a", "x" * 256, None, None], "handshake.cluster_id"),
-        ([HANDSHAKE_MAGIC, 1, "a", None, 7, None], "handshake.client_address"),
-        ([HANDSHAKE_MAGIC, 1, "a", None, None, "x" * 301], "handshake.http_address"),
+        ([HANDSHAKE_MAGIC, 1, "", None, None, None, None], "handshake.sender"),
+        ([HANDSHAKE_MAGIC, 1, LONG_ID, None, None, None, None], "handshake.sender"),
+        ([HANDSHAKE_MAGIC, 1, "a", 5, None, None, None], "handshake.cluster_id"),
+        ([HANDSHAKE_MAGIC, 1, "a", "x" * 256, None, None, None], "handshake.cluster_id"),
+        ([HANDSHAKE_MAGIC, 1, "a", None, b"h:1", None, None], "handshake.peer_address"),
+        ([HANDSHAKE_MAGIC, 1, "a", None, None, 7, None], "handshake.client_address"),
+        ([HANDSHAKE_MAGIC, 1, "a", None, None, None, "x" * 301], "handshake.http_address"),
     ],
 )
 def test_bad_handshakes_are_remote_errors(handshake: object, field: str) -> None:
@@ -779,12 +780,13 @@ ADDRESS_TEXT = st.none() | st.text(min_size=1, max_size=64)
 
 @given(node_ids, st.none() | st.text(min_size=1, max_size=32), ADDRESS_TEXT, ADDRESS_TEXT)
 def test_handshakes_round_trip(
-    sender: NodeId, cluster_id: str | None, client_address: str | None, http_address: str | None
+    sender: NodeId, cluster_id: str | None, peer_address: str | None, http_address: str | None
 ) -> None:
     handshake = PeerHandshake(
         sender=sender,
         cluster_id=cluster_id,
-        client_address=client_address,
+        peer_address=peer_address,
+        client_address=http_address,
         http_address=http_address,
     )
     receiver = new_receiver(local=NodeId("elsewhere"), cluster_id=cluster_id)

@@ -549,3 +549,38 @@ def test_close_leaves_no_task_behind() -> None:
         # run() fails the test if any task other than this one is still pending.
 
     run(scenario)
+
+
+def test_a_node_without_the_senders_address_answers_at_the_address_its_handshake_gave() -> None:
+    async def scenario() -> None:
+        joined = Node(B)
+        await started(joined)
+        leader_port = free_port()
+        received: list[Message] = []
+        leader = PeerTransport(
+            A,
+            LOCALHOST,
+            leader_port,
+            {B: joined.address},
+            received.append,
+            advertised_peer_address=f"{LOCALHOST}:{leader_port}",
+            client_address="leader.example:7100",
+            http_address="leader.example:7102",
+            random_source=random.Random(0),
+        )
+        await leader.start()
+        try:
+            leader.send(read_request(A, B, 1))
+            await wait_until(lambda: joined.request_ids() == [1], "the joined node to receive")
+            handshake = joined.transport.handshake_of(A)
+            assert handshake is not None
+            assert handshake.client_address == "leader.example:7100"
+            assert handshake.http_address == "leader.example:7102"
+            # The joined node has no address for A but in A's handshake.
+            joined.transport.send(read_request(B, A, 2))
+            await wait_until(lambda: len(received) == 1, "the leader to receive the answer")
+        finally:
+            await leader.close()
+            await close(joined)
+
+    run(scenario)

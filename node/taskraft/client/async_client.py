@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
+from taskraft.addresses import parse_address
 from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
 from taskraft.peer.backoff import ReconnectBackoff
 from taskraft.protocol import (
@@ -96,16 +97,6 @@ class _NotSent(Exception):
 
 class _Lost(Exception):
     """The connection ended while the request was in flight: its outcome is unknown."""
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """`host:port`, or `[v6-address]:port`, as (host, port)."""
-    host, separator, port = address.rpartition(":")
-    if not separator or not host or not port.isdigit():
-        raise ValueError(f"not a host:port address: {address!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
 
 
 class _Connection:

@@ -8,8 +8,9 @@ clock: bytes go in through `PeerStreamReceiver.receive_data`, handshakes and mes
 transport, the tests and any other driver run the same code.
 
 A connection carries messages one way. Its first frame is the handshake, an array
-`["taskraft-peer", version, sender, cluster_id, client_address, http_address]` (the last three
-may be nil; the addresses are where the sender serves clients and HTTP, so that a follower can
+`["taskraft-peer", version, sender, cluster_id, peer_address, client_address, http_address]`
+(the last four may be nil; the addresses are where the sender listens for peers, clients and
+HTTP, so that a node that joins can answer before it knows the membership, and a follower can
 point clients at its leader); every later frame is one message, an array whose first item is
 the message's tag and whose other items are the message's fields in a fixed order (see
 `_MESSAGE_FORMATS` and `message_to_wire`), for example
@@ -97,13 +98,15 @@ class PeerHandshake:
     """The first frame of every peer connection: who connects, speaking which version.
 
     `cluster_id`, when the cluster has one, keeps a node of another cluster (a stale address, a
-    copied configuration) from ever delivering a message here. `client_address` and
-    `http_address` are where the sender serves clients and HTTP (`host:port`), so that the
-    receiver can redirect clients to it when it leads.
+    copied configuration) from ever delivering a message here. The addresses (`host:port`) are
+    where the sender listens: for peers, so that a node that has just joined and knows no
+    configuration yet can answer its leader; for clients and HTTP, so that the receiver can
+    redirect clients to the sender when it leads.
     """
 
     sender: NodeId
     cluster_id: str | None = None
+    peer_address: str | None = None
     client_address: str | None = None
     http_address: str | None = None
     version: int = PEER_PROTOCOL_VERSION
@@ -122,6 +125,7 @@ def encode_handshake(handshake: PeerHandshake) -> bytes:
         handshake.version,
         handshake.sender,
         handshake.cluster_id,
+        handshake.peer_address,
         handshake.client_address,
         handshake.http_address,
     ]
@@ -251,6 +255,7 @@ def check_local_identity(
     node_id: str,
     cluster_id: str | None,
     *,
+    peer_address: str | None = None,
     client_address: str | None = None,
     http_address: str | None = None,
 ) -> None:
@@ -259,7 +264,12 @@ def check_local_identity(
         _node_id(node_id, "node_id")
         if cluster_id is not None:
             _text(cluster_id, "cluster_id", CLUSTER_ID_SIZE_MAX_BYTES)
-        for name, address in (("client_address", client_address), ("http_address", http_address)):
+        addresses = (
+            ("peer_address", peer_address),
+            ("client_address", client_address),
+            ("http_address", http_address),
+        )
+        for name, address in addresses:
             if address is not None:
                 _text(address, name, ADDRESS_SIZE_MAX_BYTES)
     except RemotePeerError as error:
@@ -594,19 +604,22 @@ def decode_handshake(value: object) -> PeerHandshake:
             "handshake.version",
             f"peer protocol version {version} is not supported; this node speaks {spoken}",
         )
-    if len(value) != 6:
-        raise RemotePeerError("handshake", f"expected an array of 6 items, got {len(value)}")
+    if len(value) != 7:
+        raise RemotePeerError("handshake", f"expected an array of 7 items, got {len(value)}")
     sender = _node_id(value[2], "handshake.sender")
     cluster_id = None
     if value[3] is not None:
         cluster_id = _text(value[3], "handshake.cluster_id", CLUSTER_ID_SIZE_MAX_BYTES)
-    client_address, http_address = (
+    peer_address, client_address, http_address = (
         None if item is None else _text(item, f"handshake.{name}", ADDRESS_SIZE_MAX_BYTES)
-        for item, name in ((value[4], "client_address"), (value[5], "http_address"))
+        for item, name in zip(
+            value[4:], ("peer_address", "client_address", "http_address"), strict=True
+        )
     )
     return PeerHandshake(
         sender=sender,
         cluster_id=cluster_id,
+        peer_address=peer_address,
         client_address=client_address,
         http_address=http_address,
         version=version,

@@ -85,7 +85,7 @@ this node keeps at most one connection per peer once the handshake is done.
 
 HANDSHAKE_FRAME_SIZE_MAX_BYTES: Final = 2048
 """The largest handshake frame. A handshake holds the magic, the version, a node id, a cluster
-id and two addresses (about 1,150 bytes at most), so a stranger cannot make this node buffer a
+id and three addresses (about 1,450 bytes at most), so a stranger cannot make this node buffer a
 large frame before it has proven that it speaks the peer protocol."""
 
 WIRE_COLLECTION_LENGTH_MAX: Final = 3 * ENTRIES_PER_MESSAGE_MAX

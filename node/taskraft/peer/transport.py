@@ -29,6 +29,7 @@ import socket
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 
+from taskraft.addresses import parse_address
 from taskraft.peer.backoff import ReconnectBackoff
 from taskraft.peer.codec import (
     EndOfStream,
@@ -41,6 +42,7 @@ from taskraft.peer.codec import (
 from taskraft.peer.errors import LocalPeerError, RemotePeerError
 from taskraft.peer.limits import (
     CLOSE_TIMEOUT_MS,
+    CONFIGURATION_MEMBERS_MAX,
     CONNECT_TIMEOUT_MS,
     HANDSHAKE_TIMEOUT_MS,
     INCOMING_CONNECTIONS_MAX,
@@ -56,6 +58,10 @@ from taskraft.raft.messages import Message
 from taskraft.raft.types import NodeId
 
 logger = logging.getLogger(__name__)
+
+# Handshakes kept (one per sender): far more than any membership, few enough that strangers
+# connecting with ever new node ids cannot grow it without bound.
+HANDSHAKES_REMEMBERED_MAX = 4 * CONFIGURATION_MEMBERS_MAX
 
 PeerAddress = tuple[str, int]
 """Where a peer listens: (host, port)."""
@@ -142,13 +148,18 @@ class PeerTransport:
         on_message: Callable[[Message], None],
         *,
         cluster_id: str | None = None,
+        advertised_peer_address: str | None = None,
         client_address: str | None = None,
         http_address: str | None = None,
         limits: TransportLimits | None = None,
         random_source: random.Random | None = None,
     ) -> None:
         check_local_identity(
-            node_id, cluster_id, client_address=client_address, http_address=http_address
+            node_id,
+            cluster_id,
+            peer_address=advertised_peer_address,
+            client_address=client_address,
+            http_address=http_address,
         )
         self._node_id = node_id
         self._cluster_id = cluster_id
@@ -161,6 +172,7 @@ class PeerTransport:
             PeerHandshake(
                 sender=node_id,
                 cluster_id=cluster_id,
+                peer_address=advertised_peer_address,
                 client_address=client_address,
                 http_address=http_address,
             )
@@ -275,13 +287,27 @@ class PeerTransport:
     def _link_to(self, peer_id: NodeId) -> _PeerLink | None:
         link = self._links.get(peer_id)
         if link is None:
-            address = self._addresses.get(peer_id)
+            address = self._addresses.get(peer_id) or self._advertised_peer_address(peer_id)
             if address is None:
                 return None
             link = _PeerLink(peer_id, address, self._limits)
             self._links[peer_id] = link
             link.task = self._start_task(self._run_link(link), f"peer link to {peer_id}")
         return link
+
+    def _advertised_peer_address(self, peer_id: NodeId) -> PeerAddress | None:
+        """Where a peer without a configured address said it listens, in its handshake.
+
+        A node that has just joined knows no configuration yet; this lets it answer the leader
+        that contacted it, and so receive the log and the configuration.
+        """
+        handshake = self._handshakes.get(peer_id)
+        if handshake is None or handshake.peer_address is None:
+            return None
+        try:
+            return parse_address(handshake.peer_address)
+        except ValueError:
+            return None
 
     def _retire_link(self, peer_id: NodeId) -> None:
         link = self._links.pop(peer_id)
@@ -481,7 +507,7 @@ class PeerTransport:
             elif isinstance(event, PeerHandshake):
                 deadline.reschedule(None)
                 self._register_sender(event.sender)
-                self._handshakes[event.sender] = event
+                self._remember_handshake(event)
             elif event.recipient != self._node_id:
                 self._counters.misdirected += 1
                 if not misdirected_logged:
@@ -504,6 +530,17 @@ class PeerTransport:
             logger.info("peer %s connected again; closing its older connection", sender)
             older.cancel()
         self._incoming_by_sender[sender] = current
+
+    def _remember_handshake(self, handshake: PeerHandshake) -> None:
+        previous = self._handshakes.pop(handshake.sender, None)
+        self._handshakes[handshake.sender] = handshake
+        if len(self._handshakes) > HANDSHAKES_REMEMBERED_MAX:
+            # Senders that stopped connecting long ago are forgotten first.
+            del self._handshakes[next(iter(self._handshakes))]
+        moved = previous is not None and previous.peer_address != handshake.peer_address
+        if moved and handshake.sender not in self._addresses and handshake.sender in self._links:
+            # The link follows the address the peer advertised; reconnect at the new one.
+            self._retire_link(handshake.sender)
 
     def _deliver(self, message: Message) -> None:
         self._counters.received += 1
