@@ -12,8 +12,20 @@ on the events that come out, as h11 intends:
 
 Writes go through `Replica.submit`, reads through `Replica.linearizable_barrier` and then the
 state machine; only the leader serves them, other nodes answer `not_leader` with the leader's id
-and client address. A dequeue that finds nothing and may wait (`wait_ms`) watches
-`ready_count` of its queue and submits again when a task may be ready.
+and client address.
+
+A dequeue that finds nothing and may wait (`wait_ms`) waits to be woken, not polling. While any
+dequeue waits, the listener subscribes to the replica the provider returns (a progress listener,
+called once per Ready batch and when the replica stops); a waiter moves that one subscription
+to the provider's replica each time it starts waiting, so a restarted replica is followed, and
+the stop of the old one wakes everyone. On each notification the listener looks at the queues
+that have waiters: it wakes no more of them than `ready_count` has tasks not already claimed by
+a waiter woken earlier whose Dequeue is still in flight (one task does not wake a thousand
+waiters), oldest first. A woken waiter submits the Dequeue again; if another consumer took the
+task, it waits again until its deadline, where it answers nil. When this node no longer leads,
+stops, or the listener closes, every waiter is woken and answers at once (`not_leader` or
+`unavailable`). A Dequeue already submitted is never abandoned at the deadline, so a task it
+takes is never lost to a lease nobody holds.
 
 Everything a client can make the listener hold is bounded: connections (`connections_max`;
 beyond, an `overloaded` error frame and close), time to send the handshake, requests in flight
@@ -26,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from taskraft import protocol
@@ -73,13 +87,12 @@ class ClientListener:
         connections_max: int = 1000,
         handshake_timeout_s: float = 10.0,
         long_polls_max: int = 10_000,
-        long_poll_interval_s: float = 0.01,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
     ) -> None:
         if connections_max < 1 or long_polls_max < 0:
             raise ValueError("connections_max must be >= 1 and long_polls_max >= 0")
-        if handshake_timeout_s <= 0 or long_poll_interval_s <= 0:
-            raise ValueError("handshake_timeout_s and long_poll_interval_s must be positive")
+        if handshake_timeout_s <= 0:
+            raise ValueError("handshake_timeout_s must be positive")
         self._replica_provider = replica_provider
         self._host = host
         self._port = port
@@ -89,10 +102,9 @@ class ClientListener:
         self.connections_max = connections_max
         # A client must complete its handshake this long after connecting, or it is closed.
         self.handshake_timeout_s = handshake_timeout_s
-        # Dequeues waiting for a task at once (each polls its queue); beyond, `overloaded`.
+        # Dequeues waiting for a task at once (each holds a task, a future and a connection
+        # slot); beyond, `overloaded`.
         self.long_polls_max = long_polls_max
-        # How often a waiting dequeue looks at its queue's ready count.
-        self.long_poll_interval_s = long_poll_interval_s
         # Requests one connection may have in flight; beyond, `overloaded` (ServerConnection).
         self.requests_in_flight_max = requests_in_flight_max
         self._server: asyncio.Server | None = None
@@ -100,6 +112,10 @@ class ClientListener:
         # Every request task of every connection, including those of connections closing.
         self._tasks: set[asyncio.Task[None]] = set()
         self._long_polls = 0
+        # The waiting dequeues, by queue; a queue is here only while one waits or tries.
+        self._waiters: dict[str, _QueueWaiters] = {}
+        # The replica whose progress wakes the waiters; None while nothing waits.
+        self._watched: Replica | None = None
         self._closing = False
         # Counters, for logs and tests.
         self.connections_refused = 0
@@ -135,6 +151,7 @@ class ClientListener:
     async def close(self) -> None:
         """Stop accepting, close every connection and wait for all their tasks to end."""
         self._closing = True
+        self._wake_waiters(())
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -145,6 +162,7 @@ class ClientListener:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._unwatch()
         if server is not None:
             await server.wait_closed()
 
@@ -245,23 +263,128 @@ class ClientListener:
             raise Overloaded(
                 f"{self._long_polls} dequeues are already waiting on this node; try again shortly"
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + operation.wait_ms / 1000
+        deadline = asyncio.get_running_loop().time() + operation.wait_ms / 1000
         self._long_polls += 1
         try:
-            while delivered is None:
-                replica = self._replica_provider()
-                _require_leader(replica)
-                if replica.state_machine.ready_count(operation.queue) > 0:
-                    delivered = await self._submit_dequeue(replica, command)
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                await asyncio.sleep(min(self.long_poll_interval_s, remaining))
+            delivered = await self._wait_for_task(command, deadline)
         finally:
             self._long_polls -= 1
+            if self._long_polls == 0:
+                self._unwatch()
         return self._delivered(delivered, operation)
+
+    # -- waiting dequeues --------------------------------------------------------------------
+
+    async def _wait_for_task(
+        self, command: queue_commands.Dequeue, deadline: float
+    ) -> queue_commands.DeliveredTask | None:
+        """Submit `command` each time a task may be ready for it; None at `deadline`."""
+        loop = asyncio.get_running_loop()
+        queue = command.queue
+        try:
+            while True:
+                replica = self._serving_replica()
+                if loop.time() >= deadline:
+                    return None
+                self._watch(replica)
+                ready = replica.state_machine.ready_count(queue)
+                waiters = self._waiters.setdefault(queue, _QueueWaiters())
+                turn: asyncio.Future[None] = loop.create_future()
+                if ready > len(waiters.claims):
+                    waiters.claims.add(turn)
+                elif not await self._wait_for_turn(queue, waiters, turn, deadline):
+                    return None
+                if turn not in waiters.claims:
+                    continue  # woken to look at the node again, not for a task
+                try:
+                    delivered = await self._submit_dequeue(self._serving_replica(), command)
+                finally:
+                    self._release(queue, waiters, turn)
+                if delivered is not None:
+                    return delivered
+        finally:
+            self._forget_if_idle(queue)
+
+    async def _wait_for_turn(
+        self, queue: str, waiters: _QueueWaiters, turn: asyncio.Future[None], deadline: float
+    ) -> bool:
+        """Wait until `turn` is woken (True) or until `deadline` (False)."""
+        woken = False
+        waiters.waiting[turn] = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await turn
+            woken = True
+        except TimeoutError:
+            return False
+        finally:
+            waiters.waiting.pop(turn, None)
+            if not woken:
+                # Woken for a task at the deadline, or cancelled: hand the task to another.
+                self._release(queue, waiters, turn)
+        return True
+
+    def _release(self, queue: str, waiters: _QueueWaiters, turn: asyncio.Future[None]) -> None:
+        """`turn` no longer tries for a task: offer what it might have taken to the others."""
+        if turn in waiters.claims:
+            waiters.claims.discard(turn)
+            self._wake_waiters((queue,))
+
+    def _forget_if_idle(self, queue: str) -> None:
+        waiters = self._waiters.get(queue)
+        if waiters is not None and not waiters.waiting and not waiters.claims:
+            del self._waiters[queue]
+
+    def _serving_replica(self) -> Replica:
+        if self._closing:
+            raise Unavailable("this node is shutting down")
+        replica = self._replica_provider()
+        _require_leader(replica)
+        return replica
+
+    def _watch(self, replica: Replica) -> None:
+        if self._watched is not replica:
+            self._unwatch()
+            replica.add_progress_listener(self._replica_progressed)
+            self._watched = replica
+
+    def _unwatch(self) -> None:
+        watched, self._watched = self._watched, None
+        if watched is not None:
+            watched.remove_progress_listener(self._replica_progressed)
+
+    def _replica_progressed(self) -> None:
+        self._wake_waiters(list(self._waiters))
+
+    def _wake_waiters(self, queues: Iterable[str]) -> None:
+        """Wake the waiters of `queues` that a ready task awaits; all of them if none can be served.
+
+        Every waiter is woken, without a task, when the listener closes, when the provider's
+        replica is not the one watched (it was replaced: waiters move their subscription), or
+        when it stopped or does not lead; each then answers or waits again as it finds the node.
+        """
+        replica = None if self._closing else self._replica_provider()
+        if (
+            replica is None
+            or replica is not self._watched
+            or replica.stopped
+            or replica.raft.role is not Role.LEADER
+        ):
+            for queue_waiters in self._waiters.values():
+                queue_waiters.wake_all()
+            return
+        state_machine = replica.state_machine
+        for queue in queues:
+            waiters = self._waiters.get(queue)
+            if waiters is None or not waiters.waiting:
+                continue
+            try:
+                ready = state_machine.ready_count(queue)
+            except TaskraftError:
+                # The queue went away: each waiter looks again and answers why.
+                waiters.wake_all()
+                continue
+            waiters.offer(ready - len(waiters.claims))
 
     @staticmethod
     async def _submit_dequeue(
@@ -313,6 +436,36 @@ class ClientListener:
             commit_index=int(raft.commit_index),
             applied_index=int(raft.applied_index),
         )
+
+
+@dataclass(slots=True)
+class _QueueWaiters:
+    """The dequeues waiting for a task of one queue, and those woken for one."""
+
+    # Turns of the waiting dequeues, oldest first (an ordered set); resolving a turn wakes its
+    # dequeue.
+    waiting: OrderedDict[asyncio.Future[None], None] = field(default_factory=OrderedDict)
+    # Turns of the dequeues trying for a ready task (their Dequeue is in flight): as many ready
+    # tasks are spoken for, so no other waiter is woken for them.
+    claims: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def offer(self, tasks: int) -> None:
+        """Wake the oldest waiters, one per task, each with a claim on it."""
+        woken = 0
+        while woken < tasks and self.waiting:
+            turn, _ = self.waiting.popitem(last=False)
+            if turn.done():
+                continue  # cancelled at its deadline: that waiter is leaving by itself
+            self.claims.add(turn)
+            turn.set_result(None)
+            woken += 1
+
+    def wake_all(self) -> None:
+        """Wake every waiter without a claim, to look at the node again."""
+        for turn in self.waiting:
+            if not turn.done():
+                turn.set_result(None)
+        self.waiting.clear()
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -494,6 +647,9 @@ class _ClientConnection(asyncio.Protocol):
 
 
 def _require_leader(replica: Replica) -> None:
+    """Raise unless `replica` runs and leads: a stopped leader serves nothing more."""
+    if replica.stopped:
+        raise Unavailable("this node is stopping")
     raft = replica.raft
     if raft.role is not Role.LEADER:
         raise NotLeader(

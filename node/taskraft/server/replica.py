@@ -14,6 +14,11 @@ task drains the inbox into the core, then carries out the Ready batches that res
 Whatever arrives during step 2 waits in the inbox and goes into the next batch: that is the group
 commit. A client hears "ok" only in step 4, after a majority (counting this node only once its
 own fsync returned) has the entry on disk.
+
+Others learn that something may have changed through progress listeners: each is called on the
+loop once per Ready batch (entries applied, role or leader changed) and once when the replica
+stops, so that a client waiting for a task is woken by the batch that made one ready instead of
+polling.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class Replica:
         self._snapshot_in_progress = False
         self._tick_in_flight = False
         self._background: set[asyncio.Task[None]] = set()
+        self._progress_listeners: list[Callable[[], None]] = []
         self.messages_dropped = 0
         self.failure: BaseException | None = None
 
@@ -163,6 +169,34 @@ class Replica:
         self._wake.set()
         await future
 
+    # -- progress listeners ------------------------------------------------------------------
+
+    def add_progress_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` on the loop after each Ready batch and when the replica stops.
+
+        A batch may have applied entries (the state machine changed, or was replaced by a
+        snapshot: read it through the replica) or changed the role or leader. The call must be
+        quick and must not block: it runs inside the loop that drives the core.
+        """
+        self._progress_listeners.append(listener)
+
+    def remove_progress_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._progress_listeners:
+            self._progress_listeners.remove(listener)
+
+    @property
+    def stopped(self) -> bool:
+        """True once `stop` was called or the loop failed: the replica serves nothing more."""
+        return self._stopping or self.failure is not None
+
+    def _notify_progress(self) -> None:
+        for listener in tuple(self._progress_listeners):
+            try:
+                listener()
+            except Exception:
+                # A listener's bug must not stop the node.
+                logger.exception("a progress listener of the replica failed")
+
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -181,6 +215,7 @@ class Replica:
             raise
         finally:
             ticker.cancel()
+            self._notify_progress()
             await asyncio.gather(ticker, *self._background, return_exceptions=True)
             self._fail_everything(Unavailable("this node is stopping"))
 
@@ -282,6 +317,7 @@ class Replica:
             self._apply(ready)
             self.raft.advance(ready)
             self._release_reads()
+            self._notify_progress()
 
     def _apply(self, ready: Ready) -> None:
         if ready.snapshot is not None:

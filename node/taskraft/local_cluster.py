@@ -1,0 +1,281 @@
+"""A cluster of real `taskraft serve` processes on 127.0.0.1, for `taskraft dev`, the demo,
+the integration tests and the benchmarks.
+
+Each node is its own process with its own data directory and log file, so killing one with
+SIGKILL is a real crash and restarting it is a real recovery from disk. Ports follow the rule of
+`taskraft dev`: node i (0-based) has id `n{i+1}` and listens for clients on base+10*i, for peers
+on base+10*i+1 and for HTTP on base+10*i+2.
+
+Everything here blocks (processes and `urllib`), so that scripts and tests drive a cluster
+without an event loop; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+HOST = "127.0.0.1"
+STOP_TIMEOUT_S = 15.0
+_POLL_INTERVAL_S = 0.05
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalNode:
+    """One node's id and ports."""
+
+    node_id: str
+    client_port: int
+    peer_port: int
+    http_port: int
+
+    @property
+    def client_address(self) -> str:
+        return f"{HOST}:{self.client_port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{HOST}:{self.peer_port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+
+def node_layout(count: int, base_port: int) -> list[LocalNode]:
+    """The ids and ports of `taskraft dev --nodes count --base-port base_port`."""
+    return [
+        LocalNode(f"n{i + 1}", base_port + 10 * i, base_port + 10 * i + 1, base_port + 10 * i + 2)
+        for i in range(count)
+    ]
+
+
+def wait_until(condition: Callable[[], _T | None], what: str, timeout_s: float) -> _T:
+    """Poll `condition` until it returns something other than None/False; TimeoutError after."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no {what} within {timeout_s:g} s")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+class LocalCluster:
+    """Start, crash, restart and stop `taskraft serve` processes on this machine."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        base_port: int = 7100,
+        data_directory: Path | None = None,
+        tick_interval_ms: int = 100,
+        extra_arguments: Sequence[str] = (),
+        log_level: str = "info",
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster has at least one node")
+        self.layout = node_layout(nodes, base_port)
+        self._temporary = data_directory is None
+        self.directory = data_directory or Path(tempfile.mkdtemp(prefix="taskraft-dev-"))
+        self.tick_interval_ms = tick_interval_ms
+        self.extra_arguments = list(extra_arguments)
+        self.log_level = log_level
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [node.node_id for node in self.layout]
+
+    def node(self, node_id: str) -> LocalNode:
+        return next(node for node in self.layout if node.node_id == node_id)
+
+    @property
+    def servers(self) -> list[str]:
+        """Every node's client address: what `Client(servers=...)` takes."""
+        return [node.client_address for node in self.layout]
+
+    def log_path(self, node_id: str) -> Path:
+        return self.directory / f"{node_id}.log"
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def command(self, node_id: str) -> list[str]:
+        node = self.node(node_id)
+        members = ",".join(f"{each.node_id}={each.peer_address}" for each in self.layout)
+        return [
+            sys.executable,
+            "-m",
+            "taskraft",
+            "serve",
+            "--node-id",
+            node_id,
+            "--data-dir",
+            str(self.directory / node_id),
+            "--client-address",
+            node.client_address,
+            "--peer-address",
+            node.peer_address,
+            "--http-address",
+            node.http_address,
+            "--initial-members",
+            members,
+            "--tick-interval-ms",
+            str(self.tick_interval_ms),
+            "--log-level",
+            self.log_level,
+            *self.extra_arguments,
+        ]
+
+    def start(self) -> None:
+        """Start every node that is not running."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for node_id in self.node_ids:
+            if not self.is_running(node_id):
+                self.start_node(node_id)
+
+    def start_node(self, node_id: str) -> None:
+        if self.is_running(node_id):
+            raise RuntimeError(f"{node_id} is already running")
+        # Settings come from the command line only, never from this process's TASKRAFT_*.
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("TASKRAFT_")}
+        with self.log_path(node_id).open("ab") as log:
+            self.processes[node_id] = subprocess.Popen(
+                self.command(node_id),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                # Its own process group: a Ctrl-C meant for `taskraft dev` reaches the nodes as
+                # one SIGTERM each, from `stop`.
+                start_new_session=True,
+            )
+
+    def is_running(self, node_id: str) -> bool:
+        process = self.processes.get(node_id)
+        return process is not None and process.poll() is None
+
+    def pid(self, node_id: str) -> int:
+        return self.processes[node_id].pid
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL: a crash, with no chance to finish anything."""
+        process = self.processes[node_id]
+        process.kill()
+        process.wait(STOP_TIMEOUT_S)
+
+    def stop_node(self, node_id: str, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait (SIGKILL after the timeout); the exit status."""
+        process = self.processes[node_id]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        return self._reap(process, timeout_s)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
+        """Stop every node at once (one SIGTERM each); their exit statuses."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        return {
+            node_id: self._reap(process, timeout_s) for node_id, process in self.processes.items()
+        }
+
+    @staticmethod
+    def _reap(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+        return process.returncode
+
+    def remove_data(self) -> None:
+        """Delete the cluster's directory if this cluster made it."""
+        if self._temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exception_type: type[BaseException] | None,
+        exception: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self.remove_data()
+
+    # -- observation -------------------------------------------------------------------------
+
+    def status(self, node_id: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
+        """The node's `/v1/status` document, or None when it does not answer."""
+        url = f"http://{self.node(node_id).http_address}/v1/status"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                document: dict[str, Any] = json.load(response)
+                return document
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+
+    def ready(self, node_id: str, timeout_s: float = 1.0) -> bool:
+        url = f"http://{self.node(node_id).http_address}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def leader(self, among: Sequence[str] | None = None) -> str | None:
+        """The one node that reports itself leader in the highest term, or None."""
+        best: tuple[int, str] | None = None
+        for node_id in among or self.node_ids:
+            if not self.is_running(node_id):
+                continue
+            document = self.status(node_id)
+            if document is not None and document.get("role") == "leader":
+                candidate = (int(document["term"]), node_id)
+                best = candidate if best is None or candidate > best else best
+        return None if best is None else best[1]
+
+    def wait_for_leader(self, timeout_s: float = 30.0, among: Sequence[str] | None = None) -> str:
+        return wait_until(lambda: self.leader(among), "leader", timeout_s)
+
+    def wait_ready(self, timeout_s: float = 30.0, nodes: Sequence[str] | None = None) -> None:
+        """Wait until every running node (or each of `nodes`) answers /readyz with 200."""
+
+        def all_ready() -> bool:
+            targets = nodes or [n for n in self.node_ids if self.is_running(n)]
+            return all(self.ready(node_id) for node_id in targets)
+
+        wait_until(all_ready, "readiness of every node", timeout_s)
+
+    def log_tail(self, node_id: str, lines: int = 40) -> str:
+        try:
+            text = self.log_path(node_id).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+__all__ = ["LocalCluster", "LocalNode", "node_layout", "wait_until"]

@@ -1,0 +1,336 @@
+"""One taskraft node: storage, the Raft driver, the peer transport and the client and HTTP ports.
+
+`taskraft serve` is this class behind a command line. It owns the order in which a node comes
+up and goes down:
+
+- up: lock and recover the data directory; bootstrap it with the founding configuration
+  (`initial_members`) if it is empty, or start it empty to wait for a leader to add it (`join`);
+  restore the state machine from the newest snapshot; start the peer transport, the Raft driver,
+  the client listener and the HTTP API.
+- down (`stop`): stop taking clients, let the Raft driver finish the batch it is carrying out,
+  close the transport, then the storage (which releases the data directory).
+
+Where peers are: the configuration in the log carries each member's peer address (docs/raft.md),
+so a restarted node, or one that joined later, finds its peers there; `_ConfiguredPeers` keeps
+the transport's address book equal to the configuration in force. Where a leader serves
+clients: its own advertised address on the leader, else the address the leader gave in its peer
+handshake (the leader contacts every member, so every member has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taskraft.addresses import format_address, parse_address
+from taskraft.errors import Unavailable
+from taskraft.peer import PeerTransport
+from taskraft.peer.codec import check_raft_options
+from taskraft.queue import QueueStateMachine
+from taskraft.raft import (
+    Configuration,
+    Message,
+    NodeId,
+    PersistedState,
+    RaftNode,
+    RaftOptions,
+    bootstrap_state,
+)
+from taskraft.server.client_listener import ClientListener
+from taskraft.server.http_api import HttpApi
+from taskraft.server.replica import Replica, ReplicaSettings
+from taskraft.storage import FileStorage, StorageWriter
+
+logger = logging.getLogger(__name__)
+
+
+class NodeConfigurationError(ValueError):
+    """The node's settings contradict each other or its data directory; it cannot start."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    """Everything `taskraft serve` is told; addresses are `host:port`."""
+
+    node_id: NodeId
+    data_directory: Path
+    client_address: str
+    peer_address: str
+    http_address: str
+    # Founding members and their peer addresses, used only when the data directory is empty.
+    initial_members: Mapping[NodeId, str] | None = None
+    # Start with an empty data directory and wait to be added by the leader.
+    join: bool = False
+    # Addresses others use to reach this node; default: the listen address. In Kubernetes a node
+    # listens on 0.0.0.0 and is reached by its stable DNS name.
+    advertise_client_address: str | None = None
+    advertise_peer_address: str | None = None
+    advertise_http_address: str | None = None
+    # Nodes of different clusters refuse each other's connections.
+    cluster_id: str | None = None
+    raft: RaftOptions = field(default_factory=RaftOptions)
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
+    # A node whose applied index trails its commit index by more is not ready (/readyz).
+    ready_lag_max_entries: int = 1000
+    connections_max: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.join == (self.initial_members is not None):
+            raise NodeConfigurationError(
+                "give either the founding members (--initial-members) or --join, not both or none"
+            )
+        if self.initial_members is not None and self.node_id not in self.initial_members:
+            raise NodeConfigurationError(
+                f"this node ({self.node_id}) is not among the initial members "
+                f"{sorted(self.initial_members)}"
+            )
+        listening = (self.client_address, self.peer_address, self.http_address)
+        for address in listening:
+            parse_address(address, allow_port_zero=True)
+        advertised: list[str | None] = [
+            self.advertise_client_address,
+            self.advertise_peer_address,
+            self.advertise_http_address,
+            *(self.initial_members or {}).values(),
+        ]
+        for advertised_address in advertised:
+            if advertised_address is not None:
+                parse_address(advertised_address)
+        check_raft_options(self.raft)
+
+
+class Node:
+    """A running taskraft node; `await start()`, then `await stop()` (or `wait_stopped()`)."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.started_monotonic = time.monotonic()
+        self.storage: FileStorage | None = None
+        self.replica: Replica | None = None
+        self.transport: PeerTransport | None = None
+        self.listener: ClientListener | None = None
+        self.http: HttpApi | None = None
+        self._replica_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        # What a recovery from disk found, for the log and for /v1/status.
+        self.recovered_entries = 0
+
+    # -- advertised addresses ----------------------------------------------------------------
+
+    @property
+    def advertised_client_address(self) -> str:
+        return self.settings.advertise_client_address or self._bound_address(self.listener)
+
+    @property
+    def advertised_http_address(self) -> str:
+        return self.settings.advertise_http_address or self._bound_address(self.http)
+
+    @property
+    def advertised_peer_address(self) -> str:
+        if self.settings.advertise_peer_address is not None:
+            return self.settings.advertise_peer_address
+        assert self.transport is not None
+        return format_address(*self.transport.listen_address)
+
+    @staticmethod
+    def _bound_address(server: ClientListener | HttpApi | None) -> str:
+        assert server is not None
+        return format_address(*server.address)
+
+    def client_address_of(self, node_id: str | None) -> str | None:
+        """The client address of `node_id` as this node knows it, or None."""
+        if node_id is None:
+            return None
+        if node_id == self.settings.node_id:
+            return self.advertised_client_address
+        handshake = None if self.transport is None else self.transport.handshake_of(NodeId(node_id))
+        return None if handshake is None else handshake.client_address
+
+    def http_address_of(self, node_id: str | None) -> str | None:
+        if node_id is None:
+            return None
+        if node_id == self.settings.node_id:
+            return self.advertised_http_address
+        handshake = None if self.transport is None else self.transport.handshake_of(NodeId(node_id))
+        return None if handshake is None else handshake.http_address
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        # Listen first, so that the advertised addresses (which may use port 0 in tests) are
+        # known before the transport's handshake is built.
+        client_host, client_port = parse_address(settings.client_address, allow_port_zero=True)
+        http_host, http_port = parse_address(settings.http_address, allow_port_zero=True)
+        peer_host, peer_port = parse_address(settings.peer_address, allow_port_zero=True)
+        try:
+            persisted = await asyncio.to_thread(self._open_storage)
+            raft = RaftNode(
+                node_id=settings.node_id,
+                persisted=persisted,
+                options=settings.raft,
+                random_source=random.Random(),
+            )
+            state_machine = _restore_state_machine(persisted)
+            self.listener = ClientListener(
+                self._current_replica,
+                host=client_host,
+                port=client_port,
+                node_id=settings.node_id,
+                leader_address_of=self.client_address_of,
+                connections_max=settings.connections_max,
+            )
+            await self.listener.start()
+            self.http = HttpApi(self, host=http_host, port=http_port)
+            await self.http.start()
+            peers = _ConfiguredPeers(raft)
+            self.transport = PeerTransport(
+                settings.node_id,
+                peer_host,
+                peer_port,
+                {},
+                self._deliver,
+                cluster_id=settings.cluster_id,
+                advertised_peer_address=settings.advertise_peer_address
+                or (None if peer_port == 0 else settings.peer_address),
+                client_address=self.advertised_client_address,
+                http_address=self.advertised_http_address,
+            )
+            peers.transport = self.transport
+            peers.refresh()
+            await self.transport.start()
+            assert self.storage is not None
+            self.replica = Replica(
+                raft=raft,
+                storage=StorageWriter(self.storage),
+                state_machine=state_machine,
+                peers=peers,
+                settings=settings.replica,
+            )
+            self._replica_task = asyncio.create_task(self.replica.run(), name="taskraft-replica")
+            self._replica_task.add_done_callback(self._replica_ended)
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info(
+            "node %s serving clients on %s, peers on %s, HTTP on %s (%s)",
+            settings.node_id,
+            self.advertised_client_address,
+            format_address(*self.transport.listen_address),
+            self.advertised_http_address,
+            "joining" if settings.join and persisted.snapshot is None else "member",
+        )
+
+    def _open_storage(self) -> PersistedState:
+        settings = self.settings
+        self.storage = FileStorage.open(settings.data_directory)
+        persisted = self.storage.load()
+        fresh = persisted.snapshot is None and not persisted.entries
+        if fresh and settings.initial_members is not None:
+            founders = Configuration(
+                voters=frozenset(settings.initial_members),
+                addresses=tuple(settings.initial_members.items()),
+            )
+            bootstrap = bootstrap_state(founders)
+            self.storage.persist(snapshot=bootstrap.snapshot, entries=(), hard_state=None)
+            persisted = self.storage.load()
+            logger.info("bootstrapped a new cluster with members %s", sorted(founders.voters))
+        elif not fresh and settings.initial_members is not None:
+            logger.info(
+                "the data directory holds a cluster already; --initial-members is ignored"
+            )
+        self.recovered_entries = len(persisted.entries)
+        return persisted
+
+    def _current_replica(self) -> Replica:
+        if self.replica is None:
+            raise Unavailable("this node is starting")
+        return self.replica
+
+    def _deliver(self, message: Message) -> None:
+        if self.replica is not None:
+            self.replica.receive(message)
+
+    def _replica_ended(self, task: asyncio.Task[None]) -> None:
+        if not self._stopping:
+            error = None if task.cancelled() else task.exception()
+            logger.critical("the Raft driver stopped: %r; the node stops", error)
+        self._stopped.set()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the Raft driver ended on its own (a storage failure), if it did."""
+        return None if self.replica is None else self.replica.failure
+
+    async def wait_stopped(self) -> None:
+        """Return when the Raft driver ended: `stop()` was called, or the node failed."""
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop serving and close everything, in the reverse order of `start`."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self.listener is not None:
+            await self.listener.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.replica is not None and self._replica_task is not None:
+            self.replica.stop()
+            await asyncio.gather(self._replica_task, return_exceptions=True)
+        if self.transport is not None:
+            await self.transport.close()
+        if self.replica is not None:
+            await self.replica.storage.close()
+        elif self.storage is not None:
+            self.storage.close()
+        self._stopped.set()
+
+
+class _ConfiguredPeers:
+    """The replica's way out to its peers, keeping the transport's addresses on the configuration.
+
+    Before each message it compares the configuration in force with the one it last gave the
+    transport (the core returns the same object until it changes, so this costs one identity
+    check); on a change it hands the transport every member's address from the configuration.
+    """
+
+    def __init__(self, raft: RaftNode) -> None:
+        self._raft = raft
+        self.transport: PeerTransport | None = None
+        self._configuration: Configuration | None = None
+
+    def refresh(self) -> None:
+        configuration = self._raft.configuration
+        if configuration is self._configuration or self.transport is None:
+            return
+        self._configuration = configuration
+        addresses = {}
+        for member, address in configuration.addresses:
+            try:
+                addresses[member] = parse_address(address)
+            except ValueError:
+                logger.error("member %s has an address that is not host:port: %r", member, address)
+        self.transport.set_peers(addresses)
+
+    def send(self, message: Message) -> None:
+        self.refresh()
+        assert self.transport is not None
+        self.transport.send(message)
+
+
+def _restore_state_machine(persisted: PersistedState) -> QueueStateMachine:
+    snapshot = persisted.snapshot
+    if snapshot is None or not snapshot.data:
+        return QueueStateMachine()
+    return QueueStateMachine.restore([snapshot.data])
+
+
+__all__ = ["Node", "NodeConfigurationError", "NodeSettings"]
