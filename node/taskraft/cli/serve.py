@@ -137,6 +137,13 @@ def register_serve_command(subparsers: SubParsers) -> None:
     _add(parser, "--connections-max", default="1000", type=int, help="client connections at once")
     _add(
         parser,
+        "--client-handshake-timeout-ms",
+        default="10000",
+        type=int,
+        help="close a client connection that sends no handshake within this time",
+    )
+    _add(
+        parser,
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -191,6 +198,7 @@ def settings_from_arguments(arguments: argparse.Namespace) -> NodeSettings:
             snapshot_interval_entries=arguments.snapshot_interval_entries,
         ),
         connections_max=arguments.connections_max,
+        client_handshake_timeout_s=arguments.client_handshake_timeout_ms / 1000,
     )
 
 

@@ -78,6 +78,8 @@ class NodeSettings:
     # A node whose applied index trails its commit index by more is not ready (/readyz).
     ready_lag_max_entries: int = 1000
     connections_max: int = 1000
+    # A client must send its handshake this soon after connecting, or it is closed.
+    client_handshake_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.join == (self.initial_members is not None):
@@ -185,6 +187,7 @@ class Node:
                 node_id=settings.node_id,
                 leader_address_of=self.client_address_of,
                 connections_max=settings.connections_max,
+                handshake_timeout_s=settings.client_handshake_timeout_s,
             )
             await self.listener.start()
             self.http = HttpApi(self, host=http_host, port=http_port)
