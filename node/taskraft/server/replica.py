@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.errors import InvalidArgument, NotLeader, Overloaded, TaskraftError, Unavailable
 from taskraft.queue import (
     Command,
     CommandResult,
@@ -46,6 +46,8 @@ from taskraft.queue import (
 from taskraft.raft import (
     EntryKind,
     LogIndex,
+    MembershipChange,
+    MembershipChangeError,
     Message,
     NotLeaderError,
     ProposalDroppedError,
@@ -85,6 +87,10 @@ class ReplicaSettings:
     snapshot_interval_entries: int = 100_000
     # Bytes per snapshot chunk handed to the storage.
     snapshot_chunk_size_max_bytes: int = 1024 * 1024
+
+
+# Membership changes are one at a time in the core; a few may wait for the loop.
+MEMBERSHIP_CHANGES_WAITING_MAX = 16
 
 
 def wall_clock_ms() -> int:
@@ -127,6 +133,9 @@ class Replica:
         self._reads_to_start: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._reads_started: dict[int, asyncio.Future[None]] = {}
         self._reads_confirmed: list[tuple[int, asyncio.Future[None]]] = []
+        self._membership_changes: deque[
+            tuple[MembershipChange, asyncio.Future[CommandResult]]
+        ] = deque()
         self._snapshots_to_adopt: deque[Snapshot] = deque()
         self._snapshot_in_progress = False
         self._tick_in_flight = False
@@ -157,6 +166,24 @@ class Replica:
         self._proposals.append(_PendingProposal(command, future))
         self._wake.set()
         return await future
+
+    async def change_membership(self, change: MembershipChange) -> None:
+        """Propose a single-server membership change; return once its entry is committed.
+
+        Raises NotLeader, InvalidArgument for a change that does not apply to the membership
+        (adding a member twice, promoting a voter), Overloaded while another change is in flight
+        or the leader has not committed in its term yet, and Unavailable when the entry was
+        replaced by a new leader's log.
+        """
+        self._check_running()
+        if self.raft.role is not Role.LEADER:
+            raise NotLeader(leader_id=self.raft.leader_id)
+        if len(self._membership_changes) >= MEMBERSHIP_CHANGES_WAITING_MAX:
+            raise Overloaded("membership changes are waiting already; try again shortly")
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._membership_changes.append((change, future))
+        self._wake.set()
+        await future
 
     async def linearizable_barrier(self) -> None:
         """Return once this node has applied everything committed before the call (ReadIndex)."""
@@ -243,6 +270,7 @@ class Replica:
         while self._snapshots_to_adopt:
             self._adopt_snapshot(self._snapshots_to_adopt.popleft())
         self._propose_batch()
+        self._propose_membership_changes()
         self._start_reads()
         self._maybe_propose_tick()
 
@@ -267,6 +295,20 @@ class Replica:
                 continue
             for offset, pending in enumerate(batch):
                 self._waiting[receipt.first_index + offset] = (receipt.term, pending.future)
+
+    def _propose_membership_changes(self) -> None:
+        while self._membership_changes:
+            change, future = self._membership_changes.popleft()
+            try:
+                receipt = self.raft.change_membership(change)
+            except NotLeaderError as error:
+                _settle(future, NotLeader(leader_id=error.leader_id))
+            except MembershipChangeError as error:
+                _settle(future, InvalidArgument(str(error)))
+            except ProposalDroppedError as error:
+                _settle(future, Overloaded(str(error)))
+            else:
+                self._waiting[receipt.first_index] = (receipt.term, future)
 
     def _maybe_propose_tick(self) -> None:
         """Leases and delays expire on log time: a leader proposes a Tick when one is due."""
@@ -328,6 +370,12 @@ class Replica:
                 self._reads_confirmed.append((read_state.index, future))
         for entry in ready.committed_entries:
             waiting = self._waiting.pop(entry.index, None)
+            if entry.kind is EntryKind.CONFIGURATION and waiting is not None:
+                if waiting[0] == entry.term:
+                    _settle(waiting[1], None)
+                else:
+                    _settle(waiting[1], Unavailable("a new leader replaced this change; retry it"))
+                continue
             if entry.kind is not EntryKind.COMMAND:
                 if waiting is not None:
                     _settle(waiting[1], Unavailable("a new leader replaced this command"))
@@ -410,6 +458,9 @@ class Replica:
         for _term, future in self._waiting.values():
             _settle(future, error)
         self._waiting.clear()
+        for _change, change_future in self._membership_changes:
+            _settle(change_future, error)
+        self._membership_changes.clear()
         reads = [*self._reads_to_start, *self._reads_started.items(), *self._reads_confirmed]
         for _position, read in reads:
             _settle(read, error)
