@@ -221,6 +221,19 @@ class Node:
         except BaseException:
             await self.stop()
             raise
+        for name, listen, advertised in (
+            ("client", settings.client_address, settings.advertise_client_address),
+            ("peer", settings.peer_address, settings.advertise_peer_address),
+            ("http", settings.http_address, settings.advertise_http_address),
+        ):
+            if advertised is None and parse_address(listen)[0] in {"0.0.0.0", "::"}:
+                logger.warning(
+                    "listening for %s on %s without --advertise-%s-address: other nodes and "
+                    "clients will be told an address that does not reach this node",
+                    name,
+                    listen,
+                    name,
+                )
         logger.info(
             "node %s serving clients on %s, peers on %s, HTTP on %s (%s)",
             settings.node_id,
