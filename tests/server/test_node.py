@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from taskraft.cli import build_parser
-from taskraft.cli.serve import parse_members, settings_from_arguments
+from taskraft.cli.serve import settings_from_arguments
 from taskraft.client import AsyncClient
 from taskraft.errors import InvalidArgument
 from taskraft.raft import MembershipChange, MembershipChangeKind, NodeId, RaftOptions, Role
+from taskraft.server.configuration import parse_members
 from taskraft.server.node import Node, NodeConfigurationError, NodeSettings
 from taskraft.server.replica import ReplicaSettings
 

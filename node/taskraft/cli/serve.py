@@ -1,13 +1,17 @@
 """`taskraft serve`: run one node until SIGTERM or Ctrl-C.
 
-Every flag also reads an environment variable, `TASKRAFT_` and the flag's name in capitals
-(`--node-id` and `TASKRAFT_NODE_ID`), because a Kubernetes pod is configured through its
-environment; a flag given on the command line wins. SIGTERM and SIGINT stop the node cleanly
-(the batch being written finishes, clients are told `unavailable`); a second signal exits at
-once.
+Options are declared once in `taskraft.server.configuration` (`OPTIONS`): each is a flag here,
+an environment variable `TASKRAFT_<NAME>` and a key of the TOML file given by `--config`, in
+that order of precedence over the default. `--print-config` shows the effective configuration
+and where each value came from, then exits.
 
-Exit statuses: 0 stopped on request, 1 the node failed while running (a storage failure: see
-the log), 2 bad settings or a data directory it cannot use.
+SIGTERM and SIGINT stop the node gracefully: a leader hands leadership to the most caught-up
+voter, requests in flight are answered, then everything closes (within `shutdown_timeout_ms`).
+A second signal exits at once.
+
+Exit statuses: 0 stopped on request (or `--print-config`), 1 the node failed while running (a
+storage failure: the last log line says why), 2 bad settings or a data directory or port it
+cannot use.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from taskraft.addresses import parse_address
 from taskraft.raft import NodeId, RaftOptions
+from taskraft.server.configuration import (
+    OPTIONS,
+    ConfigurationError,
+    ResolvedConfiguration,
+    resolve,
+    unknown_environment_variables,
+)
+from taskraft.server.logs import configure_logging, set_log_context
 from taskraft.server.node import Node, NodeConfigurationError, NodeSettings
 from taskraft.server.replica import ReplicaSettings
 from taskraft.storage import StorageError
@@ -36,31 +47,13 @@ EXIT_STOPPED = 0
 EXIT_FAILED = 1
 EXIT_BAD_SETTINGS = 2
 
-ENVIRONMENT_PREFIX = "TASKRAFT_"
-
-DEFAULT_CLIENT_ADDRESS = "127.0.0.1:7100"
-DEFAULT_PEER_ADDRESS = "127.0.0.1:7101"
-DEFAULT_HTTP_ADDRESS = "127.0.0.1:7102"
+# Variables of the client side that may share a pod's environment with the node.
+CLIENT_ENVIRONMENT_VARIABLES = ("TASKRAFT_SERVERS", "TASKRAFT_TOKEN")
 
 
 def environment_name(flag: str) -> str:
     """`--node-id` -> `TASKRAFT_NODE_ID`."""
-    return ENVIRONMENT_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _add(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    *,
-    help: str,
-    default: str | None = None,
-    **kw: object,
-) -> None:
-    """A flag whose default comes from its environment variable, then from `default`."""
-    variable = environment_name(flag)
-    value = os.environ.get(variable, default)
-    shown = f" (env {variable}" + (f"; default {default})" if default is not None else ")")
-    parser.add_argument(flag, default=value, help=help + shown, **kw)  # type: ignore[arg-type]
+    return "TASKRAFT_" + flag.lstrip("-").replace("-", "_").upper()
 
 
 def register_serve_command(subparsers: SubParsers) -> None:
@@ -71,7 +64,8 @@ def register_serve_command(subparsers: SubParsers) -> None:
             "Run one taskraft node: the Raft replica, the client port, the peer port and the "
             "HTTP port. A new cluster's nodes start with the same --initial-members; a node "
             "added to a running cluster starts with --join and waits for the leader to add "
-            "it. A node that restarts uses the membership stored in its data directory."
+            "it. A node that restarts uses the membership stored in its data directory. "
+            "Every option is also read from TASKRAFT_<OPTION> and from the --config file."
         ),
         epilog=(
             "examples:\n"
@@ -79,146 +73,120 @@ def register_serve_command(subparsers: SubParsers) -> None:
             "      --client-address 0.0.0.0:7100 --peer-address 0.0.0.0:7101 \\\n"
             "      --http-address 0.0.0.0:7102 --advertise-peer-address n1.taskraft:7101 \\\n"
             "      --initial-members n1=n1.taskraft:7101,n2=n2.taskraft:7101,n3=n3.taskraft:7101\n"
-            "  TASKRAFT_NODE_ID=n4 TASKRAFT_DATA_DIR=/data TASKRAFT_JOIN=1 taskraft serve\n\n"
+            "  TASKRAFT_NODE_ID=n4 TASKRAFT_DATA_DIR=/data TASKRAFT_JOIN=1 taskraft serve\n"
+            "  taskraft serve --config node.toml --print-config\n\n"
             "exit status: 0 stopped by SIGTERM/SIGINT, 1 the node failed, 2 bad settings"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add(parser, "--node-id", help="this node's id, unique in the cluster and never reused")
-    _add(parser, "--data-dir", help="directory for the write-ahead log and snapshots")
-    _add(parser, "--client-address", default=DEFAULT_CLIENT_ADDRESS, help="HOST:PORT for clients")
-    _add(parser, "--peer-address", default=DEFAULT_PEER_ADDRESS, help="HOST:PORT for other nodes")
-    _add(parser, "--http-address", default=DEFAULT_HTTP_ADDRESS, help="HOST:PORT for HTTP")
-    _add(
-        parser,
-        "--initial-members",
-        help="founding members of a new cluster, ID=HOST:PEERPORT,... (this node included); "
-        "used only while the data directory is empty",
-    )
-    join_variable = environment_name("--join")
+    for option in OPTIONS:
+        default = "" if option.default is None else f"; default {option.default}"
+        unit = f" ({option.unit})" if option.unit and option.kind == "integer" else ""
+        text = f"{option.help}{unit} [env {option.environment_variable}{default}]"
+        if option.kind == "boolean":
+            parser.add_argument(option.flag, action="store_const", const="true", help=text)
+        else:
+            metavar = option.name.upper() if option.kind != "choice" else None
+            parser.add_argument(
+                option.flag,
+                metavar=metavar,
+                choices=option.choices or None,
+                help=text,
+            )
     parser.add_argument(
-        "--join",
+        "--print-config",
         action="store_true",
-        default=os.environ.get(join_variable, "").lower() in {"1", "true", "yes"},
-        help="start empty and wait for the cluster's leader to add this node "
-        f"(env {join_variable}=1)",
-    )
-    _add(
-        parser,
-        "--advertise-client-address",
-        help="HOST:PORT clients use to reach this node (default: --client-address)",
-    )
-    _add(
-        parser,
-        "--advertise-peer-address",
-        help="HOST:PORT other nodes use to reach this node (default: --peer-address)",
-    )
-    _add(
-        parser,
-        "--advertise-http-address",
-        help="HOST:PORT for this node's HTTP API as others see it (default: --http-address)",
-    )
-    _add(parser, "--cluster-id", help="refuse peers of any other cluster id")
-    _add(
-        parser,
-        "--tick-interval-ms",
-        default="100",
-        type=int,
-        help="length of a Raft tick; elections take 10 to 20 ticks",
-    )
-    _add(parser, "--election-timeout-ticks", default="10", type=int, help="Raft election timeout")
-    _add(
-        parser,
-        "--snapshot-interval-entries",
-        default="100000",
-        type=int,
-        help="take a snapshot after this many applied entries",
-    )
-    _add(parser, "--connections-max", default="1000", type=int, help="client connections at once")
-    _add(
-        parser,
-        "--client-handshake-timeout-ms",
-        default="10000",
-        type=int,
-        help="close a client connection that sends no handshake within this time",
-    )
-    _add(
-        parser,
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity",
+        help="print the effective configuration and where each value came from, then exit",
     )
     parser.set_defaults(handler=run_serve)
 
 
-def parse_members(text: str) -> dict[NodeId, str]:
-    """`n1=host:7101,n2=host:7111` as {node id: peer address}."""
-    members: dict[NodeId, str] = {}
-    for item in text.split(","):
-        node_id, separator, address = item.strip().partition("=")
-        if not separator or not node_id:
-            raise ValueError(f"not ID=HOST:PORT: {item.strip()!r}")
-        parse_address(address)
-        if node_id in members:
-            raise ValueError(f"member {node_id} is listed twice")
-        members[NodeId(node_id)] = address
-    return members
-
-
-def settings_from_arguments(arguments: argparse.Namespace) -> NodeSettings:
-    """The node settings the arguments describe; ValueError naming what is wrong."""
-    missing = [
-        flag
-        for flag, value in (("--node-id", arguments.node_id), ("--data-dir", arguments.data_dir))
-        if not value
-    ]
+def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSettings:
+    """The node settings of a resolved configuration; ConfigurationError naming what is wrong."""
+    missing = [name for name in ("node_id", "data_dir") if configuration[name] is None]
     if missing:
-        raise ValueError(
-            "missing " + " and ".join(f"{flag} (or {environment_name(flag)})" for flag in missing)
+        raise ConfigurationError(
+            "missing "
+            + " and ".join(
+                f"--{name.replace('_', '-')} (or {environment_name(name)})" for name in missing
+            )
         )
-    members = None
-    if arguments.initial_members:
-        members = parse_members(arguments.initial_members)
+    try:
+        raft = RaftOptions(
+            election_timeout_ticks=configuration["election_timeout_ticks"],
+            heartbeat_interval_ticks=configuration["heartbeat_interval_ticks"],
+        )
+    except ValueError as error:
+        raise ConfigurationError(
+            f"options election_timeout_ticks ({configuration['election_timeout_ticks']}) and "
+            f"heartbeat_interval_ticks ({configuration['heartbeat_interval_ticks']}): {error}"
+        ) from None
+    members: Mapping[str, str] | None = configuration["initial_members"]
     return NodeSettings(
-        node_id=NodeId(arguments.node_id),
-        data_directory=Path(arguments.data_dir),
-        client_address=arguments.client_address,
-        peer_address=arguments.peer_address,
-        http_address=arguments.http_address,
-        initial_members=members,
-        join=arguments.join,
-        advertise_client_address=arguments.advertise_client_address,
-        advertise_peer_address=arguments.advertise_peer_address,
-        advertise_http_address=arguments.advertise_http_address,
-        cluster_id=arguments.cluster_id,
-        raft=RaftOptions(election_timeout_ticks=arguments.election_timeout_ticks),
-        replica=ReplicaSettings(
-            tick_interval_ms=arguments.tick_interval_ms,
-            snapshot_interval_entries=arguments.snapshot_interval_entries,
+        node_id=NodeId(configuration["node_id"]),
+        data_directory=configuration["data_dir"],
+        client_address=configuration["client_address"],
+        peer_address=configuration["peer_address"],
+        http_address=configuration["http_address"],
+        initial_members=(
+            None
+            if members is None
+            else {NodeId(node): address for node, address in members.items()}
         ),
-        connections_max=arguments.connections_max,
-        client_handshake_timeout_s=arguments.client_handshake_timeout_ms / 1000,
+        join=configuration["join"],
+        advertise_client_address=configuration["advertise_client_address"],
+        advertise_peer_address=configuration["advertise_peer_address"],
+        advertise_http_address=configuration["advertise_http_address"],
+        cluster_id=configuration["cluster_id"],
+        raft=raft,
+        replica=ReplicaSettings(
+            tick_interval_ms=configuration["tick_interval_ms"],
+            snapshot_interval_entries=configuration["snapshot_interval_entries"],
+            pending_proposals_max=configuration["pending_proposals_max"],
+        ),
+        ready_lag_max_entries=configuration["ready_lag_max_entries"],
+        connections_max=configuration["connections_max"],
+        client_handshake_timeout_s=configuration["client_handshake_timeout_ms"] / 1000,
+        long_polls_max=configuration["long_polls_max"],
+        shutdown_timeout_s=configuration["shutdown_timeout_ms"] / 1000,
+        status_log_interval_s=configuration["status_log_interval_s"],
     )
+
+
+def resolve_arguments(
+    arguments: argparse.Namespace, environment: Mapping[str, str] | None = None
+) -> ResolvedConfiguration:
+    flags = {option.name: getattr(arguments, option.name) for option in OPTIONS}
+    return resolve(flags, os.environ if environment is None else environment)
+
+
+def settings_from_arguments(
+    arguments: argparse.Namespace, environment: Mapping[str, str] | None = None
+) -> NodeSettings:
+    """The node settings of parsed `serve` arguments and the environment; ValueError if wrong."""
+    return settings_from_configuration(resolve_arguments(arguments, environment))
 
 
 def run_serve(arguments: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=arguments.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        settings = settings_from_arguments(arguments)
+        configuration = resolve_arguments(arguments)
+        settings = settings_from_configuration(configuration)
     except ValueError as error:
         print(f"taskraft serve: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+    if arguments.print_config:
+        print(configuration.describe())
+        return EXIT_STOPPED
+    configure_logging(configuration["log_level"], configuration["log_format"])
+    for name in unknown_environment_variables(os.environ, CLIENT_ENVIRONMENT_VARIABLES):
+        logger.warning("ignoring the environment variable %s: no option has that name", name)
     return asyncio.run(serve(settings))
 
 
 async def serve(settings: NodeSettings) -> int:
     """Run a node until a signal asks it to stop; the exit status."""
     node = Node(settings)
+    set_log_context(node.log_context)
     try:
         await node.start()
     except (StorageError, NodeConfigurationError, OSError) as error:
@@ -244,7 +212,7 @@ async def serve(settings: NodeSettings) -> int:
     for task in waiting:
         task.cancel()
     failure = node.failure
-    await node.stop()
+    await node.stop(graceful=failure is None)
     if failure is not None:
         logger.critical("node %s failed: %s", settings.node_id, failure)
         return EXIT_FAILED

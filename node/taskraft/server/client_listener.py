@@ -148,6 +148,18 @@ class ClientListener:
         """Dequeues waiting for a task right now."""
         return self._long_polls
 
+    async def finish_requests(self, timeout_s: float) -> bool:
+        """Wait, at most `timeout_s`, for the requests in flight now to be answered.
+
+        For a graceful stop: once leadership has moved away, what is in flight either finishes
+        or is answered `not_leader`, and `close` then has nothing left to cut off.
+        """
+        tasks = list(self._tasks)
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return not pending
+
     async def close(self) -> None:
         """Stop accepting, close every connection and wait for all their tasks to end."""
         self._closing = True

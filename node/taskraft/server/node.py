@@ -7,8 +7,11 @@ up and goes down:
   (`initial_members`) if it is empty, or start it empty to wait for a leader to add it (`join`);
   restore the state machine from the newest snapshot; start the peer transport, the Raft driver,
   the client listener and the HTTP API.
-- down (`stop`): stop taking clients, let the Raft driver finish the batch it is carrying out,
-  close the transport, then the storage (which releases the data directory).
+- down (`stop`): a leader first hands leadership to the most caught-up voter, so that clients
+  are redirected instead of waiting out an election; requests in flight are answered (within
+  `shutdown_timeout_s`); then the client and HTTP ports close, the Raft driver finishes the batch
+  it is carrying out, and the transport and the storage (which releases the data directory)
+  close.
 
 Where peers are: the configuration in the log carries each member's peer address (docs/raft.md),
 so a restarted node, or one that joined later, finds its peers there; `_ConfiguredPeers` keeps
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taskraft.addresses import format_address, parse_address
-from taskraft.errors import Unavailable
+from taskraft.errors import TaskraftError, Unavailable
 from taskraft.peer import PeerTransport
 from taskraft.peer.codec import check_raft_options
 from taskraft.queue import QueueStateMachine
@@ -39,6 +42,7 @@ from taskraft.raft import (
     PersistedState,
     RaftNode,
     RaftOptions,
+    Role,
     bootstrap_state,
 )
 from taskraft.server.client_listener import ClientListener
@@ -80,6 +84,11 @@ class NodeSettings:
     connections_max: int = 1000
     # A client must send its handshake this soon after connecting, or it is closed.
     client_handshake_timeout_s: float = 10.0
+    long_polls_max: int = 10_000
+    # A graceful stop waits this long for leadership to move and requests to finish.
+    shutdown_timeout_s: float = 10.0
+    # A one-line status at info level this often; 0 turns it off.
+    status_log_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.join == (self.initial_members is not None):
@@ -118,6 +127,7 @@ class Node:
         self.listener: ClientListener | None = None
         self.http: HttpApi | None = None
         self._replica_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         # What a recovery from disk found, for the log and for /v1/status.
@@ -188,6 +198,7 @@ class Node:
                 leader_address_of=self.client_address_of,
                 connections_max=settings.connections_max,
                 handshake_timeout_s=settings.client_handshake_timeout_s,
+                long_polls_max=settings.long_polls_max,
             )
             await self.listener.start()
             self.http = HttpApi(self, host=http_host, port=http_port)
@@ -218,6 +229,10 @@ class Node:
             )
             self._replica_task = asyncio.create_task(self.replica.run(), name="taskraft-replica")
             self._replica_task.add_done_callback(self._replica_ended)
+            if settings.status_log_interval_s > 0:
+                self._status_task = asyncio.create_task(
+                    self._log_status_forever(), name="taskraft-status-log"
+                )
         except BaseException:
             await self.stop()
             raise
@@ -226,7 +241,10 @@ class Node:
             ("peer", settings.peer_address, settings.advertise_peer_address),
             ("http", settings.http_address, settings.advertise_http_address),
         ):
-            if advertised is None and parse_address(listen)[0] in {"0.0.0.0", "::"}:
+            if advertised is None and parse_address(listen, allow_port_zero=True)[0] in {
+                "0.0.0.0",
+                "::",
+            }:
                 logger.warning(
                     "listening for %s on %s without --advertise-%s-address: other nodes and "
                     "clients will be told an address that does not reach this node",
@@ -258,9 +276,7 @@ class Node:
             persisted = self.storage.load()
             logger.info("bootstrapped a new cluster with members %s", sorted(founders.voters))
         elif not fresh and settings.initial_members is not None:
-            logger.info(
-                "the data directory holds a cluster already; --initial-members is ignored"
-            )
+            logger.info("the data directory holds a cluster already; --initial-members is ignored")
         self.recovered_entries = len(persisted.entries)
         return persisted
 
@@ -288,12 +304,48 @@ class Node:
         """Return when the Raft driver ended: `stop()` was called, or the node failed."""
         await self._stopped.wait()
 
-    async def stop(self) -> None:
-        """Stop serving and close everything, in the reverse order of `start`."""
+    def log_context(self) -> dict[str, object]:
+        """Node id, term and role, for every log line (see taskraft.server.logs)."""
+        context: dict[str, object] = {"node": self.settings.node_id}
+        if self.replica is not None:
+            context["term"] = int(self.replica.raft.term)
+            context["role"] = self.replica.raft.role.value
+        return context
+
+    def status_line(self) -> str:
+        replica = self.replica
+        if replica is None:
+            return "starting"
+        raft = replica.raft
+        configuration = raft.configuration
+        return (
+            f"status: {raft.role.value} in term {raft.term}, leader {raft.leader_id}, "
+            f"commit {raft.commit_index}, applied {raft.applied_index}, "
+            f"last log {raft.log.last_index()}, snapshot {raft.log.snapshot.metadata.index}, "
+            f"voters {sorted(configuration.voters)}, learners {sorted(configuration.learners)}, "
+            f"client connections {0 if self.listener is None else self.listener.connection_count}"
+        )
+
+    async def _log_status_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_log_interval_s)
+            logger.info("%s", self.status_line())
+
+    async def stop(self, *, graceful: bool = False) -> None:
+        """Stop serving and close everything, in the reverse order of `start`.
+
+        `graceful`: a leader first hands leadership over and requests in flight are answered,
+        within `shutdown_timeout_s` in all.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
+        if graceful:
+            await self._hand_over()
         self._stopping = True
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
         if self.listener is not None:
             await self.listener.close()
         if self.http is not None:
@@ -308,6 +360,25 @@ class Node:
         elif self.storage is not None:
             self.storage.close()
         self._stopped.set()
+
+    async def _hand_over(self) -> None:
+        replica = self.replica
+        if replica is None or replica.stopped:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_timeout_s
+        if replica.raft.role is Role.LEADER and len(replica.raft.configuration.voters) > 1:
+            try:
+                new_leader = await replica.transfer_leadership(
+                    timeout_s=max(0.0, deadline - loop.time())
+                )
+                logger.info("handed leadership to %s before stopping", new_leader)
+            except TaskraftError as error:
+                logger.warning("could not hand leadership over before stopping: %s", error)
+        if self.listener is not None:
+            finished = await self.listener.finish_requests(max(0.0, deadline - loop.time()))
+            if not finished:
+                logger.warning("stopping with client requests still in flight")
 
 
 class _ConfiguredPeers:

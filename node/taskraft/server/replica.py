@@ -49,6 +49,7 @@ from taskraft.raft import (
     MembershipChange,
     MembershipChangeError,
     Message,
+    NodeId,
     NotLeaderError,
     ProposalDroppedError,
     RaftNode,
@@ -137,6 +138,9 @@ class Replica:
             tuple[MembershipChange, asyncio.Future[CommandResult]]
         ] = deque()
         self._snapshots_to_adopt: deque[Snapshot] = deque()
+        # Calls into the core made on behalf of callers, run by the loop between Ready batches.
+        self._core_actions: deque[Callable[[], None]] = deque()
+        self._snapshot_wanted = False
         self._snapshot_in_progress = False
         self._tick_in_flight = False
         self._background: set[asyncio.Task[None]] = set()
@@ -195,6 +199,96 @@ class Replica:
         self._reads_to_start.append((next(self._read_ids), future))
         self._wake.set()
         await future
+
+    async def transfer_leadership(
+        self, target: NodeId | None = None, *, timeout_s: float = 10.0
+    ) -> NodeId:
+        """Hand leadership to `target` (default: the most caught-up other voter); the new leader.
+
+        Raises NotLeader, InvalidArgument when the target cannot lead (not a voter, or no other
+        voter exists), and Unavailable when leadership has not moved within `timeout_s` (the
+        core then gives up the transfer by itself after an election timeout).
+        """
+        self._check_running()
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            raise NotLeader(leader_id=raft.leader_id)
+        chosen = target if target is not None else self._most_caught_up_voter()
+        if chosen is None:
+            raise InvalidArgument("no other voter to hand leadership to")
+        if chosen == raft.id:
+            return chosen
+        if chosen not in raft.configuration.voters:
+            raise InvalidArgument(f"{chosen} is not a voter and cannot lead")
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def start() -> None:
+            try:
+                self.raft.transfer_leadership(chosen)
+            except NotLeaderError as error:
+                _settle(outcome, NotLeader(leader_id=error.leader_id))
+            except MembershipChangeError as error:
+                _settle(outcome, InvalidArgument(str(error)))
+            else:
+                _settle(outcome, None)
+
+        self._core_actions.append(start)
+        self._wake.set()
+        await outcome
+        moved = await self.wait_for(
+            lambda: self.raft.role is not Role.LEADER and self.raft.leader_id is not None,
+            timeout_s,
+        )
+        if not moved:
+            raise Unavailable(f"leadership did not move to {chosen} within {timeout_s:g} s")
+        leader = self.raft.leader_id
+        assert leader is not None
+        return leader
+
+    def _most_caught_up_voter(self) -> NodeId | None:
+        raft = self.raft
+        others = [voter for voter in raft.configuration.voters if voter != raft.id]
+        if not others:
+            return None
+        return max(others, key=lambda voter: (raft.progress[voter].match_index, voter))
+
+    async def take_snapshot(self, *, timeout_s: float = 60.0) -> SnapshotMetadata:
+        """Snapshot everything applied so far now (or return the snapshot that already covers it).
+
+        Returns the metadata of a snapshot at or past the applied index at the call; raises
+        Unavailable when none is written within `timeout_s`.
+        """
+        self._check_running()
+        wanted = self.raft.applied_index
+        if self.raft.log.snapshot.metadata.index < wanted:
+            self._snapshot_wanted = True
+            self._wake.set()
+            taken = await self.wait_for(
+                lambda: self.raft.log.snapshot.metadata.index >= wanted, timeout_s
+            )
+            if not taken:
+                raise Unavailable(f"no snapshot was written within {timeout_s:g} s")
+        return self.raft.log.snapshot.metadata
+
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until `condition()` holds after some Ready batch; False at the timeout."""
+        if condition():
+            return True
+        satisfied = asyncio.Event()
+
+        def check() -> None:
+            if condition() or self.stopped:
+                satisfied.set()
+
+        self.add_progress_listener(check)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await satisfied.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self.remove_progress_listener(check)
+        return condition()
 
     # -- progress listeners ------------------------------------------------------------------
 
@@ -269,6 +363,8 @@ class Replica:
         self._pending_ticks = 0
         while self._snapshots_to_adopt:
             self._adopt_snapshot(self._snapshots_to_adopt.popleft())
+        while self._core_actions:
+            self._core_actions.popleft()()
         self._propose_batch()
         self._propose_membership_changes()
         self._start_reads()
@@ -412,8 +508,11 @@ class Replica:
         raft = self.raft
         applied = raft.applied_index
         since = applied - raft.log.snapshot.metadata.index
-        if self._snapshot_in_progress or since < self.settings.snapshot_interval_entries:
+        if self._snapshot_in_progress or since == 0:
             return
+        if since < self.settings.snapshot_interval_entries and not self._snapshot_wanted:
+            return
+        self._snapshot_wanted = False
         term = raft.log.term_at(applied)
         assert term is not None
         metadata = SnapshotMetadata(
@@ -445,6 +544,7 @@ class Replica:
     def _adopt_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.metadata.index > self.raft.log.snapshot.metadata.index:
             self.raft.snapshot_taken(snapshot)
+            self._notify_progress()
 
     # -- plumbing ----------------------------------------------------------------------------
 
