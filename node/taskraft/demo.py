@@ -140,17 +140,17 @@ def story(cluster: LocalCluster) -> None:
     cluster.start_node(leader)
 
     def caught_up() -> bool:
-        document = cluster.status(leader)
-        leader_document = cluster.status(new_leader)
+        document = cluster.status(leader, 5.0)
+        leader_document = cluster.status(new_leader, 5.0)
         return (
             document is not None
             and leader_document is not None
+            and document.get("role") == "follower"
             and document.get("applied_index", -1) >= leader_document["commit_index"]
         )
 
-    wait_until(caught_up, f"{leader} to catch up", 30)
-    document = cluster.status(leader, 2.0) or {}
-    check(document.get("role") == "follower", f"{leader} is back, as a follower, caught up")
+    wait_until(caught_up, f"{leader} to catch up as a follower", 60)
+    say(f"   ok: {leader} is back, as a follower, caught up")
     taskraft_command(["status", "--servers", servers])
 
 

@@ -117,6 +117,7 @@ class _Queue:
         "queue_id",
         "ready",
         "ready_count",
+        "statistics",
     )
 
     def __init__(self, queue_id: int, name: str, policies: QueuePolicies) -> None:
@@ -140,6 +141,7 @@ class _Queue:
         self.ready_count = 0
         self.delayed_count = 0
         self.leased_count = 0
+        self.statistics = QueueStatistics()
 
     def counts(self) -> QueueCounts:
         return QueueCounts(
@@ -151,6 +153,26 @@ class _Queue:
 
     def describe(self) -> QueueDescription:
         return QueueDescription(name=self.name, policies=self.policies, counts=self.counts())
+
+
+class QueueStatistics:
+    """What happened to a queue's tasks since this replica created or restored the queue.
+
+    For metrics only: the counters are not part of snapshots (a restore starts them at zero, as
+    a Prometheus counter may) and nothing the state machine decides depends on them.
+    """
+
+    __slots__ = ("acked", "dead_lettered", "dequeued", "enqueued", "nacked", "redelivered")
+
+    def __init__(self) -> None:
+        self.enqueued = 0
+        self.dequeued = 0
+        self.acked = 0
+        self.nacked = 0
+        # Leases that expired: the task went back to the queue (or to its dead letter queue).
+        self.redelivered = 0
+        # Tasks moved to the dead letter queue (or dropped when the queue has none).
+        self.dead_lettered = 0
 
 
 DEFAULT_QUEUE_POLICIES = QueuePolicies(
@@ -351,6 +373,7 @@ class QueueStateMachine:
             queue.ready_count += 1
         if key is not None:
             self._remember_key(queue.queue_id, key, task_id)
+        queue.statistics.enqueued += 1
         return EnqueueResult(task_id=task_id, duplicate=False)
 
     def _remember_key(self, queue_id: int, key: str, task_id: int) -> None:
@@ -374,6 +397,7 @@ class QueueStateMachine:
         queue.ready_count -= 1
         record = self._tasks[task_id]
         deliveries = record.deliveries + 1
+        queue.statistics.dequeued += 1
         if not lease_ms:
             del self._tasks[task_id]
             return DeliveredTask(
@@ -395,7 +419,9 @@ class QueueStateMachine:
     def _ack(self, command: Ack) -> None:
         record = self._leased(command.task_id, command.lease_token)
         del self._tasks[record.task_id]
-        self._queues_by_id[record.queue_id].leased_count -= 1
+        queue = self._queues_by_id[record.queue_id]
+        queue.leased_count -= 1
+        queue.statistics.acked += 1
         self._deadline_went_stale()
 
     def _nack(self, command: Nack) -> None:
@@ -405,6 +431,7 @@ class QueueStateMachine:
         record = self._leased(command.task_id, command.lease_token)
         queue = self._queues_by_id[record.queue_id]
         queue.leased_count -= 1
+        queue.statistics.nacked += 1
         self._release(record, queue, delay_ms)
         self._deadline_went_stale()
 
@@ -460,6 +487,7 @@ class QueueStateMachine:
                 self._make_ready(record, queue)
             else:
                 queue.leased_count -= 1
+                queue.statistics.redelivered += 1
                 self._release(record, queue, 0)
 
     def _release(self, record: TaskRecord, queue: _Queue, delay_ms: int) -> None:
@@ -499,6 +527,7 @@ class QueueStateMachine:
         or payload limit: the task moves, it adds no memory, and dropping it would lose exactly
         the task someone needs to look at.
         """
+        queue.statistics.dead_lettered += 1
         if queue.dead_letter_queue is None:
             del self._tasks[record.task_id]
             return
@@ -539,6 +568,12 @@ class QueueStateMachine:
     def ready_count(self, queue: str) -> int:
         """Tasks a dequeue could take now; a long poll waits until this is positive."""
         return self._queue(queue).ready_count
+
+    def queue_statistics(self) -> list[tuple[str, QueueCounts, QueueStatistics]]:
+        """Every queue's name, counts and statistics, for metrics."""
+        return [
+            (queue.name, queue.counts(), queue.statistics) for queue in self._queues.values()
+        ]
 
     def describe_queue(self, queue: str) -> QueueDescription:
         return self._queue(queue).describe()

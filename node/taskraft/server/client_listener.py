@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -120,6 +121,12 @@ class ClientListener:
         # Counters, for logs and tests.
         self.connections_refused = 0
         self.requests_failed_unexpectedly = 0
+        # Requests answered `overloaded` by the protocol layer (too many in flight on one
+        # connection) before reaching `answer`.
+        self.requests_rejected = 0
+        self.requests_in_flight = 0
+        # Called after each answered request with its operation, duration and error (metrics).
+        self.on_request_done: Callable[[str, float, TaskraftError | None], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -197,17 +204,35 @@ class ClientListener:
 
     async def answer(self, request: Request) -> Response:
         """The response to one request; never raises but for cancellation."""
+        started = time.perf_counter()
+        self.requests_in_flight += 1
+        error: TaskraftError | None = None
         try:
             result = await self._execute(request.operation)
-        except TaskraftError as error:
-            return Response(request.request_id, error=self._with_leader_address(error))
+        except TaskraftError as failure:
+            error = self._with_leader_address(failure)
+            return Response(request.request_id, error=error)
         except Exception:
             self.requests_failed_unexpectedly += 1
             logger.exception("request %s (%s) failed", request.request_id, request.operation.name)
-            return Response(
-                request.request_id, error=Unavailable("the node failed to serve this request")
-            )
+            error = Unavailable("the node failed to serve this request")
+            return Response(request.request_id, error=error)
+        finally:
+            self.requests_in_flight -= 1
+            if self.on_request_done is not None:
+                self.on_request_done(request.operation.name, time.perf_counter() - started, error)
         return Response(request.request_id, result=result)
+
+    async def execute(self, operation: protocol.Operation) -> protocol.Result | None:
+        """Serve one operation as for a client of the protocol (the HTTP queue API uses this).
+
+        Raises the TaskraftError a client would be answered with; a `NotLeader` names the
+        leader's client address when it is known.
+        """
+        try:
+            return await self._execute(operation)
+        except TaskraftError as error:
+            raise self._with_leader_address(error) from None
 
     def _with_leader_address(self, error: TaskraftError) -> TaskraftError:
         if isinstance(error, NotLeader) and error.leader_address is None:
@@ -554,6 +579,7 @@ class _ClientConnection(asyncio.Protocol):
                 elif isinstance(event, Request):
                     self._spawn(event)
                 elif isinstance(event, RequestRejected):
+                    self._listener.requests_rejected += 1
                     logger.debug("request %s rejected: %s", event.request_id, event.error)
                 elif isinstance(event, ProtocolFailure):
                     logger.debug("client connection failed: %s", event.error)

@@ -1,41 +1,118 @@
-"""The HTTP port of a node: liveness, readiness and status, for probes, operators and people.
+"""The HTTP port of a node: probes, status, admin operations, metrics and a JSON queue API.
 
-Kubernetes probes `/healthz` (restart the pod when it fails) and `/readyz` (send it traffic only
-when it passes); the operator and `curl` read `/v1/status`. Every answer is computed from the
-node's in-memory state, on the event loop, without waiting on Raft, so a probe never queues
-behind client traffic. The JSON documents are described in docs/http-api.md.
+Kubernetes probes `/healthz` and `/readyz`; the operator and people read `/v1/status` and change
+the cluster through the admin endpoints (members, leadership, snapshots); Prometheus scrapes
+`/metrics`; `curl` users enqueue and consume through `/v1/queues/...`. docs/http-api.md is the
+reference.
+
+Probes and status are computed from the node's memory without a Raft round, so they never queue
+behind client traffic. Admin operations go through the Raft driver and answer once the change is
+committed; they are idempotent (asking for what already holds answers 200). On a node that does
+not lead, admin operations answer 307 to the leader's HTTP address (421 when the leader is not
+known), and queue operations answer 421 with the leader's addresses in the error document.
+
+Bounds: a request body is at most `REQUEST_BODY_MAX_BYTES`, and at most `REQUESTS_IN_FLIGHT_MAX`
+requests are served at once; beyond, 503 at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import json
+import os
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 import taskraft
-from taskraft.raft import LogIndex, Role
+from taskraft import protocol
+from taskraft.addresses import parse_address
+from taskraft.errors import (
+    BadRequest,
+    InvalidArgument,
+    NotLeader,
+    Overloaded,
+    TaskraftError,
+    Unavailable,
+)
+from taskraft.protocol.fields import FieldReader
+from taskraft.raft import LogIndex, MembershipChange, MembershipChangeKind, NodeId, Role
+from taskraft.server.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from taskraft.server.node import Node
+    from taskraft.server.replica import Replica
 
-# Requests the HTTP port serves at once; probes and status polls need few.
-HTTP_CONNECTIONS_MAX = 256
+# A 1 MiB payload in base64 plus its fields fits.
+REQUEST_BODY_MAX_BYTES = 2 * 1024 * 1024
+# Requests served at once: probes, status polls, admin calls and curl users need few.
+REQUESTS_IN_FLIGHT_MAX = 256
+# How long an admin operation waits for its change to commit.
+ADMIN_TIMEOUT_S = 30.0
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# HTTP statuses of the protocol's error codes (docs/protocol.md).
+_HTTP_STATUS_OF_ERROR: dict[int, int] = {
+    1: 400,
+    2: 404,
+    3: 409,
+    4: 400,
+    5: 400,
+    6: 400,
+    7: 400,
+    8: 400,
+    9: 413,
+    10: 429,
+    11: 400,
+    12: 409,
+    13: 421,
+    14: 429,
+    15: 400,
+    16: 400,
+    17: 400,
+    18: 409,
+    19: 503,
+}
 
 
 class HttpApi:
-    def __init__(self, node: Node, *, host: str, port: int) -> None:
+    def __init__(self, node: Node, *, host: str, port: int, metrics: NodeMetrics) -> None:
         self._node = node
         self._host = host
         self._port = port
+        self.metrics = metrics
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-        application = web.Application(client_max_size=64 * 1024)
+        self._in_flight = 0
+        application = web.Application(
+            client_max_size=REQUEST_BODY_MAX_BYTES, middlewares=[self._bound_requests]
+        )
         application.add_routes(
             [
                 web.get("/healthz", self._healthz),
                 web.get("/readyz", self._readyz),
                 web.get("/v1/status", self._status),
+                web.get("/metrics", self._metrics),
+                web.post("/v1/members", self._add_member),
+                web.post("/v1/members/{node_id}/promote", self._promote_member),
+                web.delete("/v1/members/{node_id}", self._remove_member),
+                web.post("/v1/leadership/transfer", self._transfer_leadership),
+                web.post("/v1/snapshot", self._take_snapshot),
+                web.get("/v1/snapshot", self._download_snapshot),
+                web.get("/v1/queues", self._list_queues),
+                web.post("/v1/queues", self._create_queue),
+                web.delete("/v1/queues/{queue}", self._delete_queue),
+                web.get("/v1/queues/{queue}/count", self._count),
+                web.post("/v1/queues/{queue}/enqueue", self._enqueue),
+                web.post("/v1/queues/{queue}/dequeue", self._dequeue),
+                web.post("/v1/tasks/{task_id}/ack", self._ack),
+                web.post("/v1/tasks/{task_id}/nack", self._nack),
+                web.post("/v1/tasks/{task_id}/extend", self._extend),
             ]
         )
         self._application = application
@@ -43,10 +120,8 @@ class HttpApi:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._application, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(
-            self._runner, self._host, self._port, backlog=HTTP_CONNECTIONS_MAX
-        )
-        await self._site.start()
+        site = web.TCPSite(self._runner, self._host, self._port, backlog=REQUESTS_IN_FLIGHT_MAX)
+        await site.start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -62,15 +137,31 @@ class HttpApi:
             await self._runner.cleanup()
             self._runner = None
 
-    # -- handlers ----------------------------------------------------------------------------
+    @web.middleware
+    async def _bound_requests(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        if self._in_flight >= REQUESTS_IN_FLIGHT_MAX:
+            self.metrics.http_rejected.inc()
+            return _error_response(
+                Overloaded(f"{self._in_flight} HTTP requests are in flight; try again shortly")
+            )
+        self._in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+
+    # -- probes and status -------------------------------------------------------------------
 
     async def _healthz(self, request: web.Request) -> web.Response:
         """Alive: this answer proves the event loop runs; the Raft driver must still be running."""
         failure = self._node.failure
         if failure is not None:
             return _text(503, f"the Raft driver failed: {failure!r}")
-        if self._node.replica is None:
+        replica = self._node.replica
+        if replica is None:
             return _text(503, "starting")
+        if replica.stopped:
+            return _text(503, "stopping")
         return _text(200, "ok")
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -82,8 +173,8 @@ class HttpApi:
     def not_ready_reason(self) -> str | None:
         """Why this node should not get client traffic yet, or None when it should."""
         replica = self._node.replica
-        if replica is None or replica.failure is not None:
-            return "the node is starting or has failed"
+        if replica is None or replica.stopped:
+            return "the node is starting, stopping or has failed"
         raft = replica.raft
         if raft.id not in raft.configuration.members:
             return "not a member of the cluster (yet)"
@@ -104,11 +195,16 @@ class HttpApi:
         document: dict[str, Any] = {
             "node_id": node.settings.node_id,
             "version": taskraft.__version__,
+            "configuration_hash": node.configuration_hash,
             "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
             "addresses": {
                 "client": node.advertised_client_address,
                 "peer": node.advertised_peer_address,
                 "http": node.advertised_http_address,
+            },
+            "data_dir": {
+                "path": str(node.settings.data_directory),
+                "used_bytes": _directory_size(node.settings.data_directory),
             },
             "ready": self.not_ready_reason() is None,
         }
@@ -119,6 +215,8 @@ class HttpApi:
         last_index = log.last_index()
         leader_id = None if raft.leader_id is None else str(raft.leader_id)
         configuration = raft.configuration
+        leading = raft.role is Role.LEADER
+        now = time.monotonic()
         members = []
         for member in sorted(configuration.members):
             entry: dict[str, Any] = {
@@ -126,10 +224,22 @@ class HttpApi:
                 "peer_address": configuration.address_of(member),
                 "voter": member in configuration.voters,
             }
-            if raft.role is Role.LEADER and member in raft.progress:
+            if leading and member != raft.id and member in raft.progress:
                 progress = raft.progress[member]
+                contact = node.last_contact.get(member)
                 entry["match_index"] = int(progress.match_index)
                 entry["next_index"] = int(progress.next_index)
+                entry["last_contact_ms"] = None if contact is None else int((now - contact) * 1000)
+                entry["caught_up"] = (
+                    last_index - progress.match_index <= raft.options.promotion_lag_max_entries
+                )
+            elif leading and member == raft.id:
+                entry.update(
+                    match_index=int(last_index),
+                    next_index=int(last_index) + 1,
+                    last_contact_ms=0,
+                    caught_up=True,
+                )
             members.append(entry)
         document.update(
             {
@@ -150,6 +260,368 @@ class HttpApi:
         )
         return document
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.exposition(request.headers.get("Accept"))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    # -- admin -------------------------------------------------------------------------------
+
+    def _leader_or_redirect(self, request: web.Request) -> web.Response | None:
+        """None on the leader; otherwise the answer that sends the caller to the leader."""
+        replica = self._node.replica
+        if replica is None or replica.stopped:
+            return _error_response(Unavailable("this node is starting or stopping"))
+        raft = replica.raft
+        if raft.role is Role.LEADER:
+            return None
+        leader_id = None if raft.leader_id is None else str(raft.leader_id)
+        http_address = self._node.http_address_of(leader_id)
+        if http_address is None:
+            return _error_response(self._not_leader(leader_id))
+        location = f"http://{http_address}{request.path_qs}"
+        response = _error_response(self._not_leader(leader_id), status=307)
+        response.headers["Location"] = location
+        return response
+
+    def _not_leader(self, leader_id: str | None) -> NotLeader:
+        error = NotLeader("this node does not lead", leader_id=leader_id)
+        error.leader_address = self._node.client_address_of(leader_id)
+        return error
+
+    async def _add_member(self, request: web.Request) -> web.Response:
+        redirect = self._leader_or_redirect(request)
+        if redirect is not None:
+            return redirect
+        body = await _json_body(request)
+        node_id = _text_field(body, "id")
+        peer_address = _address_field(body, "peer_address")
+        replica = self._replica()
+        configuration = replica.raft.configuration
+        if NodeId(node_id) in configuration.members:
+            known = configuration.address_of(NodeId(node_id))
+            if known not in (None, peer_address):
+                return _error_response(
+                    InvalidArgument(f"{node_id} is a member already, at {known}"), status=409
+                )
+            return web.json_response(self._member_document(node_id, "already a member"))
+        change = MembershipChange(
+            MembershipChangeKind.ADD_LEARNER, NodeId(node_id), address=peer_address
+        )
+        await self._admin(replica.change_membership(change))
+        return web.json_response(self._member_document(node_id, "added as a learner"), status=201)
+
+    async def _promote_member(self, request: web.Request) -> web.Response:
+        redirect = self._leader_or_redirect(request)
+        if redirect is not None:
+            return redirect
+        node_id = NodeId(request.match_info["node_id"])
+        replica = self._replica()
+        configuration = replica.raft.configuration
+        if node_id in configuration.voters:
+            return web.json_response(self._member_document(node_id, "already a voter"))
+        if node_id not in configuration.learners:
+            return _error_response(InvalidArgument(f"{node_id} is not a member"), status=404)
+        change = MembershipChange(MembershipChangeKind.PROMOTE_LEARNER, node_id)
+        await self._admin(replica.change_membership(change))
+        return web.json_response(self._member_document(node_id, "promoted to voter"))
+
+    async def _remove_member(self, request: web.Request) -> web.Response:
+        redirect = self._leader_or_redirect(request)
+        if redirect is not None:
+            return redirect
+        node_id = NodeId(request.match_info["node_id"])
+        replica = self._replica()
+        if node_id not in replica.raft.configuration.members:
+            return web.json_response({"id": node_id, "result": "not a member"})
+        change = MembershipChange(MembershipChangeKind.REMOVE_MEMBER, node_id)
+        await self._admin(replica.change_membership(change))
+        return web.json_response({"id": node_id, "result": "removed"})
+
+    async def _transfer_leadership(self, request: web.Request) -> web.Response:
+        redirect = self._leader_or_redirect(request)
+        if redirect is not None:
+            return redirect
+        body = await _json_body(request, allow_empty=True)
+        target = body.get("target")
+        if target is not None and (type(target) is not str or not target):
+            raise _http_error(BadRequest("target: expected a node id"))
+        replica = self._replica()
+        if target == replica.raft.id:
+            return web.json_response({"leader": target, "result": "already the leader"})
+        new_leader = await self._admin(
+            replica.transfer_leadership(
+                None if target is None else NodeId(target), timeout_s=ADMIN_TIMEOUT_S
+            )
+        )
+        return web.json_response({"leader": new_leader, "result": "transferred"})
+
+    async def _take_snapshot(self, request: web.Request) -> web.Response:
+        replica = self._replica()
+        metadata = await self._admin(replica.take_snapshot(timeout_s=ADMIN_TIMEOUT_S))
+        return web.json_response(
+            {
+                "index": int(metadata.index),
+                "term": int(metadata.term),
+                "size_bytes": len(replica.raft.log.snapshot.data),
+            }
+        )
+
+    async def _download_snapshot(self, request: web.Request) -> web.StreamResponse:
+        storage = self._node.storage
+        if storage is None:
+            return _error_response(Unavailable("this node is starting"))
+        reader = await asyncio.to_thread(storage.open_snapshot_reader)
+        if reader is None:
+            return _error_response(Unavailable("this node holds no snapshot yet"), status=404)
+        metadata = reader.metadata
+        response = web.StreamResponse()
+        response.content_type = "application/octet-stream"
+        response.headers["X-Taskraft-Snapshot-Index"] = str(metadata.index)
+        response.headers["X-Taskraft-Snapshot-Term"] = str(metadata.term)
+        response.headers["X-Taskraft-Snapshot-Crc32"] = f"{reader.data_crc32:08x}"
+        response.content_length = reader.data_size_bytes
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="taskraft-snapshot-{metadata.index}.bin"'
+        )
+        await response.prepare(request)
+        try:
+            while True:
+                # The reader checks the data against its crc32 at the end and raises if it is
+                # damaged: the response is then cut short, which the client sees as an error.
+                chunk = await asyncio.to_thread(next, reader, None)
+                if chunk is None:
+                    break
+                await response.write(chunk)
+        finally:
+            reader.close()
+        await response.write_eof()
+        self.metrics.snapshot_downloads.inc()
+        return response
+
+    def _member_document(self, node_id: str, result: str) -> dict[str, Any]:
+        configuration = self._replica().raft.configuration
+        return {
+            "id": node_id,
+            "voter": NodeId(node_id) in configuration.voters,
+            "peer_address": configuration.address_of(NodeId(node_id)),
+            "result": result,
+        }
+
+    def _replica(self) -> Replica:
+        replica = self._node.replica
+        if replica is None or replica.stopped:
+            raise _http_error(Unavailable("this node is starting or stopping"))
+        return replica
+
+    async def _admin(self, operation: Awaitable[Any]) -> Any:
+        try:
+            return await operation
+        except TaskraftError as error:
+            raise _http_error(error) from None
+
+    # -- the JSON queue API ------------------------------------------------------------------
+
+    async def _queue_operation(
+        self, operation_class: type[protocol.Operation], arguments: dict[str, object]
+    ) -> web.Response:
+        try:
+            reader = FieldReader(arguments, "")
+            operation = operation_class.from_args(reader)
+            reader.finish()
+        except TaskraftError as error:
+            return _error_response(error)
+        listener = self._node.listener
+        if listener is None:
+            return _error_response(Unavailable("this node is starting"))
+        try:
+            result = await listener.execute(operation)
+        except TaskraftError as error:
+            if isinstance(error, NotLeader):
+                return _error_response(
+                    error, leader_http=self._node.http_address_of(error.leader_id)
+                )
+            return _error_response(error)
+        if result is None and operation.result_may_be_nil:
+            return web.Response(status=204)
+        return web.json_response(_json_safe(operation.result_to_wire(result)))
+
+    async def _list_queues(self, request: web.Request) -> web.Response:
+        arguments: dict[str, object] = {}
+        if "after" in request.query:
+            arguments["after"] = request.query["after"]
+        if "limit" in request.query:
+            arguments["limit"] = _integer_query(request, "limit")
+        return await self._queue_operation(protocol.ListQueues, arguments)
+
+    async def _create_queue(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if isinstance(body.get("priority_range"), list):
+            body["priority_range"] = list(body["priority_range"])
+        return await self._queue_operation(protocol.CreateQueue, body)
+
+    async def _delete_queue(self, request: web.Request) -> web.Response:
+        return await self._queue_operation(
+            protocol.DeleteQueue, {"queue": request.match_info["queue"]}
+        )
+
+    async def _count(self, request: web.Request) -> web.Response:
+        return await self._queue_operation(protocol.Count, {"queue": request.match_info["queue"]})
+
+    async def _enqueue(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        body["payload"] = _payload(body)
+        body.pop("payload_base64", None)
+        body["queue"] = request.match_info["queue"]
+        body.setdefault("priority", 0)
+        return await self._queue_operation(protocol.Enqueue, body)
+
+    async def _dequeue(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, allow_empty=True)
+        body["queue"] = request.match_info["queue"]
+        return await self._queue_operation(protocol.Dequeue, body)
+
+    async def _task_operation(
+        self, request: web.Request, operation_class: type[protocol.Operation]
+    ) -> web.Response:
+        body = await _json_body(request)
+        try:
+            task_id = int(request.match_info["task_id"])
+        except ValueError:
+            return _error_response(BadRequest("the task id in the path is not an integer"))
+        lease = body.pop("lease", None)
+        body["task"] = {"id": task_id, "lease": lease}
+        return await self._queue_operation(operation_class, body)
+
+    async def _ack(self, request: web.Request) -> web.Response:
+        return await self._task_operation(request, protocol.Ack)
+
+    async def _nack(self, request: web.Request) -> web.Response:
+        return await self._task_operation(request, protocol.Nack)
+
+    async def _extend(self, request: web.Request) -> web.Response:
+        return await self._task_operation(request, protocol.Extend)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
 
 def _text(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n")
+
+
+def _error_document(error: TaskraftError, leader_http: str | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"code": error.code, "name": error.name, "message": str(error)}
+    if isinstance(error, NotLeader):
+        document["leader_id"] = error.leader_id
+        document["leader_address"] = error.leader_address
+        document["leader_http_address"] = leader_http
+    return {"error": document}
+
+
+def _error_response(
+    error: TaskraftError, *, status: int | None = None, leader_http: str | None = None
+) -> web.Response:
+    return web.json_response(
+        _error_document(error, leader_http),
+        status=status or _HTTP_STATUS_OF_ERROR.get(error.code, 500),
+    )
+
+
+def _http_error(error: TaskraftError, status: int | None = None) -> web.HTTPException:
+    """An exception aiohttp turns into the error document (for handlers deep in a call)."""
+    code = status or _HTTP_STATUS_OF_ERROR.get(error.code, 500)
+    exception = web.HTTPException(
+        text=json.dumps(_error_document(error)), content_type="application/json"
+    )
+    exception.set_status(code)
+    return exception
+
+
+async def _json_body(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise _http_error(BadRequest("the request needs a JSON object as its body"))
+    try:
+        document = json.loads(raw)
+    except ValueError as error:
+        raise _http_error(BadRequest(f"the body is not JSON: {error}")) from None
+    if not isinstance(document, dict):
+        raise _http_error(BadRequest("the body must be a JSON object"))
+    return document
+
+
+def _text_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if type(value) is not str or not value:
+        raise _http_error(BadRequest(f"{name}: expected a non-empty string"))
+    return value
+
+
+def _address_field(body: dict[str, Any], name: str) -> str:
+    value = _text_field(body, name)
+    try:
+        parse_address(value)
+    except ValueError as error:
+        raise _http_error(BadRequest(f"{name}: {error}")) from None
+    return value
+
+
+def _payload(body: dict[str, Any]) -> bytes:
+    text = body.get("payload")
+    encoded = body.get("payload_base64")
+    if (text is None) == (encoded is None):
+        raise _http_error(BadRequest("give exactly one of payload (text) and payload_base64"))
+    if text is not None:
+        if type(text) is not str:
+            raise _http_error(BadRequest("payload: expected a string (UTF-8 text)"))
+        return text.encode()
+    if type(encoded) is not str:
+        raise _http_error(BadRequest("payload_base64: expected a base64 string"))
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise _http_error(BadRequest(f"payload_base64: not base64: {error}")) from None
+
+
+def _integer_query(request: web.Request, name: str) -> int:
+    try:
+        return int(request.query[name])
+    except ValueError:
+        raise _http_error(BadRequest(f"{name}: expected an integer")) from None
+
+
+def _json_safe(value: object) -> object:
+    """A protocol result in JSON: bytes become `payload` text (when UTF-8) and base64."""
+    if isinstance(value, dict):
+        converted: dict[str, object] = {}
+        for key, item in value.items():
+            if isinstance(item, bytes):
+                converted[f"{key}_base64"] = base64.b64encode(item).decode()
+                try:
+                    converted[key] = item.decode()
+                except UnicodeDecodeError:
+                    converted[key] = None
+            else:
+                converted[str(key)] = _json_safe(item)
+        return converted
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _directory_size(directory: Path) -> int:
+    total = 0
+    for root, _directories, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+__all__ = ["HttpApi"]

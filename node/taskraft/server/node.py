@@ -23,6 +23,7 @@ handshake (the leader contacts every member, so every member has it).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -47,6 +48,7 @@ from taskraft.raft import (
 )
 from taskraft.server.client_listener import ClientListener
 from taskraft.server.http_api import HttpApi
+from taskraft.server.metrics import NodeMetrics
 from taskraft.server.replica import Replica, ReplicaSettings
 from taskraft.storage import FileStorage, StorageWriter
 
@@ -130,6 +132,13 @@ class Node:
         self._status_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self.metrics = NodeMetrics(self)
+        # When a message from each peer last arrived (monotonic seconds): status and metrics.
+        self.last_contact: dict[NodeId, float] = {}
+        # Identifies the settings this node runs with, so that a change shows in /v1/status.
+        self.configuration_hash = hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+        self._last_leader: NodeId | None = None
+        self._last_term = 0
         # What a recovery from disk found, for the log and for /v1/status.
         self.recovered_entries = 0
 
@@ -201,9 +210,10 @@ class Node:
                 long_polls_max=settings.long_polls_max,
             )
             await self.listener.start()
-            self.http = HttpApi(self, host=http_host, port=http_port)
+            self.listener.on_request_done = self.metrics.request_done
+            self.http = HttpApi(self, host=http_host, port=http_port, metrics=self.metrics)
             await self.http.start()
-            peers = _ConfiguredPeers(raft)
+            peers = _ConfiguredPeers(raft, self.metrics)
             self.transport = PeerTransport(
                 settings.node_id,
                 peer_host,
@@ -227,6 +237,9 @@ class Node:
                 peers=peers,
                 settings=settings.replica,
             )
+            self.replica.on_persisted = self.metrics.persisted
+            self.replica.on_snapshot_written = self.metrics.snapshot_written
+            self.replica.add_progress_listener(self._observe_progress)
             self._replica_task = asyncio.create_task(self.replica.run(), name="taskraft-replica")
             self._replica_task.add_done_callback(self._replica_ended)
             if settings.status_log_interval_s > 0:
@@ -286,8 +299,26 @@ class Node:
         return self.replica
 
     def _deliver(self, message: Message) -> None:
+        self.last_contact[message.sender] = time.monotonic()
+        self.metrics.message_received(message)
         if self.replica is not None:
             self.replica.receive(message)
+
+    def _observe_progress(self) -> None:
+        """After each Ready batch: count leader changes and the elections this node started."""
+        replica = self.replica
+        if replica is None:
+            return
+        raft = replica.raft
+        if raft.leader_id != self._last_leader:
+            if raft.leader_id is not None:
+                self.metrics.leader_changes.inc()
+                logger.info("leader is now %s (term %d)", raft.leader_id, raft.term)
+            self._last_leader = raft.leader_id
+        if raft.term > self._last_term:
+            if raft.vote == raft.id and raft.role in (Role.CANDIDATE, Role.LEADER):
+                self.metrics.elections.inc()
+            self._last_term = int(raft.term)
 
     def _replica_ended(self, task: asyncio.Task[None]) -> None:
         if not self._stopping:
@@ -389,8 +420,9 @@ class _ConfiguredPeers:
     check); on a change it hands the transport every member's address from the configuration.
     """
 
-    def __init__(self, raft: RaftNode) -> None:
+    def __init__(self, raft: RaftNode, metrics: NodeMetrics) -> None:
         self._raft = raft
+        self._metrics = metrics
         self.transport: PeerTransport | None = None
         self._configuration: Configuration | None = None
 
@@ -410,6 +442,7 @@ class _ConfiguredPeers:
     def send(self, message: Message) -> None:
         self.refresh()
         assert self.transport is not None
+        self._metrics.message_sent(message)
         self.transport.send(message)
 
 

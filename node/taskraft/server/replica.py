@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +44,7 @@ from taskraft.queue import (
     encode_entry,
 )
 from taskraft.raft import (
+    Entry,
     EntryKind,
     LogIndex,
     MembershipChange,
@@ -134,9 +135,9 @@ class Replica:
         self._reads_to_start: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._reads_started: dict[int, asyncio.Future[None]] = {}
         self._reads_confirmed: list[tuple[int, asyncio.Future[None]]] = []
-        self._membership_changes: deque[
-            tuple[MembershipChange, asyncio.Future[CommandResult]]
-        ] = deque()
+        self._membership_changes: deque[tuple[MembershipChange, asyncio.Future[CommandResult]]] = (
+            deque()
+        )
         self._snapshots_to_adopt: deque[Snapshot] = deque()
         # Calls into the core made on behalf of callers, run by the loop between Ready batches.
         self._core_actions: deque[Callable[[], None]] = deque()
@@ -147,6 +148,10 @@ class Replica:
         self._progress_listeners: list[Callable[[], None]] = []
         self.messages_dropped = 0
         self.failure: BaseException | None = None
+        # Metrics hooks: a batch persisted (seconds, its entries), a snapshot written (seconds,
+        # bytes). Called on the loop; they must be quick.
+        self.on_persisted: Callable[[float, Sequence[Entry]], None] | None = None
+        self.on_snapshot_written: Callable[[float, int], None] | None = None
 
     # -- inputs ------------------------------------------------------------------------------
 
@@ -447,9 +452,12 @@ class Replica:
             for message in ready.messages:
                 self.peers.send(message)
             if ready.needs_persist():
+                started = time.perf_counter()
                 await self.storage.persist(
                     snapshot=ready.snapshot, entries=ready.entries, hard_state=ready.hard_state
                 )
+                if self.on_persisted is not None:
+                    self.on_persisted(time.perf_counter() - started, ready.entries)
             for message in ready.messages_after_persist:
                 self.peers.send(message)
             self._apply(ready)
@@ -534,9 +542,13 @@ class Replica:
             chunks.extend(copy.chunks(chunk_size))
             return chunks
 
+        started = time.perf_counter()
         try:
             await self.storage.write_snapshot(metadata, _LazyChunks(encoded))
-            self._snapshots_to_adopt.append(Snapshot(metadata, b"".join(chunks)))
+            data = b"".join(chunks)
+            if self.on_snapshot_written is not None:
+                self.on_snapshot_written(time.perf_counter() - started, len(data))
+            self._snapshots_to_adopt.append(Snapshot(metadata, data))
             self._wake.set()
         finally:
             self._snapshot_in_progress = False
@@ -590,4 +602,3 @@ def _settle(future: asyncio.Future[Any], outcome: object) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-

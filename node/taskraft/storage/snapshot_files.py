@@ -225,6 +225,8 @@ class SnapshotReader(Iterator[bytes]):
         self.path = path
         self.metadata = layout.metadata
         self.data_size_bytes = layout.data_size_bytes
+        # The crc32 the trailer records for the data: what a reader checks at the end.
+        self.data_crc32 = layout.data_checksum
         self._file: BinaryIO | None = file
         self._layout = layout
         self._chunk_size_bytes = chunk_size_bytes

@@ -1,0 +1,348 @@
+"""Prometheus metrics of a node (`GET /metrics`), every name prefixed `taskraft_`.
+
+Two kinds, so that serving traffic costs as little as possible:
+
+- Events are counted where they happen (a request answered, a batch fsynced, a Raft message
+  sent or received, a snapshot written, an election), through hooks the listener, the replica
+  and the node call; each hook is a dictionary lookup and an increment.
+- Everything that is a state (term, role, indexes, per-peer lag, queue sizes, per-queue totals,
+  connections, WAL segments) is read when Prometheus scrapes, by `_NodeCollector`, from the
+  node's memory and its data directory.
+
+Each node has its own registry, so several nodes in one process (tests) do not mix.
+The names are listed in docs/http-api.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from taskraft.errors import Overloaded, TaskraftError
+from taskraft.raft import Entry, Message, Role
+
+if TYPE_CHECKING:
+    from taskraft.server.node import Node
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    60.0,
+)
+
+
+class NodeMetrics:
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self.request_duration = Histogram(
+            "taskraft_request_duration_seconds",
+            "Time to answer a client request, by operation (a waiting dequeue includes its wait)",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request_errors = Counter(
+            "taskraft_request_errors",
+            "Client requests answered with an error, by operation and error name",
+            ["operation", "error"],
+            registry=registry,
+        )
+        self.overloaded = Counter(
+            "taskraft_overloaded_rejections",
+            "Requests and connections refused because a bound was reached, by which bound",
+            ["bound"],
+            registry=registry,
+        )
+        self.http_rejected = self.overloaded.labels(bound="http_requests")
+        self.snapshot_downloads = Counter(
+            "taskraft_snapshot_downloads",
+            "Snapshots streamed through GET /v1/snapshot",
+            registry=registry,
+        )
+        self.fsync_duration = Histogram(
+            "taskraft_storage_fsync_duration_seconds",
+            "Time to write and fsync one batch of Raft state (entries, hard state) to the log",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.bytes_written = Counter(
+            "taskraft_storage_entry_bytes_written",
+            "Bytes of log entry data written to the write-ahead log",
+            registry=registry,
+        )
+        self.entries_written = Counter(
+            "taskraft_storage_entries_written",
+            "Log entries written to the write-ahead log",
+            registry=registry,
+        )
+        self.snapshot_duration = Histogram(
+            "taskraft_snapshot_duration_seconds",
+            "Time to encode and write a snapshot of the state machine",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=registry,
+        )
+        self.snapshot_size = Gauge(
+            "taskraft_snapshot_size_bytes",
+            "Size of the state machine data in the latest snapshot this node wrote",
+            registry=registry,
+        )
+        self.messages_sent = Counter(
+            "taskraft_raft_messages_sent",
+            "Raft messages handed to the peer transport, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.messages_received = Counter(
+            "taskraft_raft_messages_received",
+            "Raft messages received from peers, by type",
+            ["type"],
+            registry=registry,
+        )
+        self.leader_changes = Counter(
+            "taskraft_raft_leader_changes",
+            "Times this node saw a new leader",
+            registry=registry,
+        )
+        self.elections = Counter(
+            "taskraft_raft_elections",
+            "Elections this node started (it became a candidate in a new term)",
+            registry=registry,
+        )
+        self._sent_by_type: dict[type, Counter] = {}
+        self._received_by_type: dict[type, Counter] = {}
+        self._request_by_operation: dict[str, Histogram] = {}
+        registry.register(_NodeCollector(node))
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def request_done(self, operation: str, seconds: float, error: TaskraftError | None) -> None:
+        histogram = self._request_by_operation.get(operation)
+        if histogram is None:
+            histogram = self.request_duration.labels(operation=operation)
+            self._request_by_operation[operation] = histogram
+        histogram.observe(seconds)
+        if error is not None:
+            self.request_errors.labels(operation=operation, error=error.name).inc()
+            if isinstance(error, Overloaded):
+                self.overloaded.labels(bound="requests").inc()
+
+    def persisted(self, seconds: float, entries: Sequence[Entry]) -> None:
+        self.fsync_duration.observe(seconds)
+        if entries:
+            self.entries_written.inc(len(entries))
+            self.bytes_written.inc(sum(len(entry.data) for entry in entries))
+
+    def snapshot_written(self, seconds: float, size_bytes: int) -> None:
+        self.snapshot_duration.observe(seconds)
+        self.snapshot_size.set(size_bytes)
+
+    def message_sent(self, message: Message) -> None:
+        kind = type(message)
+        counter = self._sent_by_type.get(kind)
+        if counter is None:
+            counter = self.messages_sent.labels(type=kind.__name__)
+            self._sent_by_type[kind] = counter
+        counter.inc()
+
+    def message_received(self, message: Message) -> None:
+        kind = type(message)
+        counter = self._received_by_type.get(kind)
+        if counter is None:
+            counter = self.messages_received.labels(type=kind.__name__)
+            self._received_by_type[kind] = counter
+        counter.inc()
+
+    # -- exposition --------------------------------------------------------------------------
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The metrics in the format the scraper asked for, and its content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class _NodeCollector(Collector):
+    """States read at scrape time: Raft, peers, queues, connections, the data directory."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        yield from self._raft(node)
+        yield from self._queues(node)
+        yield from self._connections(node)
+        yield from self._storage(node)
+        uptime = GaugeMetricFamily(
+            "taskraft_uptime_seconds", "Seconds since this node process started"
+        )
+        uptime.add_metric([], time.monotonic() - node.started_monotonic)
+        yield uptime
+
+    def _raft(self, node: Node) -> Iterator[Metric]:
+        replica = node.replica
+        if replica is None:
+            return
+        raft = replica.raft
+        simple = {
+            "taskraft_raft_term": ("Current Raft term", raft.term),
+            "taskraft_raft_is_leader": ("1 when this node leads", raft.role is Role.LEADER),
+            "taskraft_raft_commit_index": ("Highest log index known committed", raft.commit_index),
+            "taskraft_raft_applied_index": ("Highest log index applied", raft.applied_index),
+            "taskraft_raft_last_log_index": ("Index of the last log entry", raft.log.last_index()),
+            "taskraft_raft_snapshot_index": (
+                "Log index the latest snapshot covers",
+                raft.log.snapshot.metadata.index,
+            ),
+            "taskraft_raft_voters": ("Voters in the configuration", len(raft.configuration.voters)),
+            "taskraft_raft_learners": (
+                "Learners in the configuration",
+                len(raft.configuration.learners),
+            ),
+        }
+        for name, (documentation, value) in simple.items():
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], float(value))
+            yield gauge
+        role = GaugeMetricFamily(
+            "taskraft_raft_role", "1 for the role this node has now", labels=["role"]
+        )
+        for each in Role:
+            role.add_metric([each.value], 1.0 if raft.role is each else 0.0)
+        yield role
+        lag = GaugeMetricFamily(
+            "taskraft_raft_peer_replication_lag_entries",
+            "Entries the leader holds that a peer has not acknowledged (leader only)",
+            labels=["peer"],
+        )
+        contact = GaugeMetricFamily(
+            "taskraft_raft_peer_last_contact_seconds",
+            "Seconds since a message from the peer last arrived",
+            labels=["peer"],
+        )
+        now = time.monotonic()
+        last_index = raft.log.last_index()
+        for peer in sorted(raft.configuration.members):
+            if peer == raft.id:
+                continue
+            if raft.role is Role.LEADER and peer in raft.progress:
+                lag.add_metric([peer], float(last_index - raft.progress[peer].match_index))
+            seen = node.last_contact.get(peer)
+            if seen is not None:
+                contact.add_metric([peer], now - seen)
+        yield lag
+        yield contact
+
+    def _queues(self, node: Node) -> Iterator[Metric]:
+        replica = node.replica
+        if replica is None:
+            return
+        tasks = GaugeMetricFamily(
+            "taskraft_queue_tasks", "Tasks in a queue, by state", labels=["queue", "state"]
+        )
+        totals = {
+            name: CounterMetricFamily(
+                f"taskraft_queue_tasks_{name}", documentation, labels=["queue"]
+            )
+            for name, documentation in (
+                ("enqueued", "Tasks enqueued (applied on this node since it started)"),
+                ("dequeued", "Deliveries of tasks"),
+                ("acked", "Tasks acknowledged"),
+                ("nacked", "Deliveries given back with a nack"),
+                ("redelivered", "Leases that expired, returning their task to the queue"),
+                ("dead_lettered", "Tasks moved to the dead letter queue (or dropped)"),
+            )
+        }
+        for queue, counts, statistics in replica.state_machine.queue_statistics():
+            tasks.add_metric([queue, "ready"], counts.ready)
+            tasks.add_metric([queue, "delayed"], counts.delayed)
+            tasks.add_metric([queue, "leased"], counts.leased)
+            for name, family in totals.items():
+                family.add_metric([queue], getattr(statistics, name))
+        yield tasks
+        yield from totals.values()
+
+    def _connections(self, node: Node) -> Iterator[Metric]:
+        listener = node.listener
+        if listener is None:
+            return
+        gauges = {
+            "taskraft_client_connections": (
+                "Client connections open now",
+                listener.connection_count,
+            ),
+            "taskraft_requests_in_flight": (
+                "Client requests being served now",
+                listener.requests_in_flight,
+            ),
+            "taskraft_long_polls_waiting": (
+                "Dequeues waiting for a task now",
+                listener.long_polls_waiting,
+            ),
+        }
+        for name, (documentation, value) in gauges.items():
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], float(value))
+            yield gauge
+        refused = CounterMetricFamily(
+            "taskraft_client_connections_refused",
+            "Client connections refused because connections_max was reached",
+        )
+        refused.add_metric([], listener.connections_refused)
+        yield refused
+        rejected = CounterMetricFamily(
+            "taskraft_client_requests_rejected",
+            "Requests refused because one connection had too many in flight",
+        )
+        rejected.add_metric([], listener.requests_rejected)
+        yield rejected
+
+    def _storage(self, node: Node) -> Iterator[Metric]:
+        wal = node.settings.data_directory / "wal"
+        count = 0
+        size = 0
+        try:
+            with os.scandir(wal) as entries:
+                for entry in entries:
+                    if entry.is_file():
+                        count += 1
+                        size += entry.stat().st_size
+        except OSError:
+            return
+        segments = GaugeMetricFamily(
+            "taskraft_storage_wal_segments", "Files of the write-ahead log"
+        )
+        segments.add_metric([], count)
+        yield segments
+        total = GaugeMetricFamily(
+            "taskraft_storage_wal_size_bytes", "Bytes of the write-ahead log on disk"
+        )
+        total.add_metric([], size)
+        yield total
+
+
+__all__ = ["NodeMetrics"]
