@@ -89,10 +89,16 @@ class LocalCluster:
         tick_interval_ms: int = 100,
         extra_arguments: Sequence[str] = (),
         log_level: str = "info",
+        founders: int | None = None,
     ) -> None:
+        """`founders`: how many of the nodes found the cluster (default all); the others start
+        with `--join` and wait to be added through the leader's HTTP API."""
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self.layout = node_layout(nodes, base_port)
+        self.founders = nodes if founders is None else founders
+        if not 1 <= self.founders <= nodes:
+            raise ValueError("between 1 and all of the nodes found the cluster")
         self._temporary = data_directory is None
         self.directory = data_directory or Path(tempfile.mkdtemp(prefix="taskraft-dev-"))
         self.tick_interval_ms = tick_interval_ms
@@ -121,7 +127,9 @@ class LocalCluster:
 
     def command(self, node_id: str) -> list[str]:
         node = self.node(node_id)
-        members = ",".join(f"{each.node_id}={each.peer_address}" for each in self.layout)
+        founders = self.layout[: self.founders]
+        members = ",".join(f"{each.node_id}={each.peer_address}" for each in founders)
+        bootstrap = ["--initial-members", members] if node in founders else ["--join"]
         return [
             sys.executable,
             "-m",
@@ -137,19 +145,20 @@ class LocalCluster:
             node.peer_address,
             "--http-address",
             node.http_address,
-            "--initial-members",
-            members,
+            *bootstrap,
             "--tick-interval-ms",
             str(self.tick_interval_ms),
             "--log-level",
             self.log_level,
+            "--log-format",
+            "text",
             *self.extra_arguments,
         ]
 
     def start(self) -> None:
-        """Start every node that is not running."""
+        """Start every founding node that is not running (the others with `start_node`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for node_id in self.node_ids:
+        for node_id in self.node_ids[: self.founders]:
             if not self.is_running(node_id):
                 self.start_node(node_id)
 

@@ -165,6 +165,21 @@ def test_first_frame_must_be_the_handshake() -> None:
     assert isinstance(event.error, BadRequest)
 
 
+def test_a_nil_frame_is_a_frame_and_a_bad_request_not_a_wait_for_more_bytes() -> None:
+    # As the handshake:
+    server = ServerConnection(node_id="n1")
+    [failure] = server_events(server, encode_frame(None))
+    assert isinstance(failure, ProtocolFailure) and isinstance(failure.error, BadRequest)
+    # As a request, with a valid request behind it in the same read:
+    client, server = open_pair()
+    data = encode_frame(None) + encode_frame(Request(1, Status()).to_wire())
+    [failure] = server_events(server, data)
+    assert isinstance(failure, ProtocolFailure) and isinstance(failure.error, BadRequest)
+    # And at the client, an answer that is nil:
+    [failure] = client_events(client, encode_frame(None))
+    assert isinstance(failure, ProtocolFailure)
+
+
 def test_unsupported_version_is_answered_and_ends_the_connection() -> None:
     client = ClientConnection(version=7)
     server = ServerConnection(node_id="n1")

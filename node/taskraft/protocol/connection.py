@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from taskraft.errors import BadRequest, Overloaded, TaskraftError
 from taskraft.protocol.exceptions import LocalProtocolError, RemoteProtocolError
 from taskraft.protocol.fields import check_text
-from taskraft.protocol.framing import EndOfStream, FrameDecoder, encode_frame
+from taskraft.protocol.framing import EndOfStream, Frame, FrameDecoder, encode_frame
 from taskraft.protocol.limits import (
     CLIENT_NAME_MAX_BYTES,
     FRAME_SIZE_MAX_BYTES,
@@ -126,15 +126,16 @@ class _Connection:
         if self._state is ConnectionState.FAILED:
             raise LocalProtocolError("the connection failed; close it")
 
-    def _next_frame(self) -> object | EndOfStream | ProtocolFailure | None:
-        """The next frame's value, END_OF_STREAM, None, or the failure the peer caused."""
+    def _next_frame(self) -> Frame | EndOfStream | ProtocolFailure | None:
+        """The next frame, END_OF_STREAM, None (more bytes needed), or the peer's failure.
+
+        The frame stays wrapped: a frame holding msgpack nil is a frame (and a protocol
+        violation), not "no frame yet".
+        """
         try:
-            frame = self._decoder.next_frame()
+            return self._decoder.next_frame()
         except RemoteProtocolError as error:
             return self._fail(BadRequest(str(error)), reported_by_peer=False)
-        if frame is None or isinstance(frame, EndOfStream):
-            return frame
-        return frame.value
 
     def _fail(self, error: TaskraftError, *, reported_by_peer: bool) -> ProtocolFailure:
         self._state = ConnectionState.FAILED
@@ -168,12 +169,13 @@ class ServerConnection(_Connection):
         self._refuse_if_failed()
         if self._state is ConnectionState.CLOSED:
             return ConnectionClosed()
-        value = self._next_frame()
-        if value is None or isinstance(value, ProtocolFailure):
-            return self._tell_client(value)
-        if isinstance(value, EndOfStream):
+        frame = self._next_frame()
+        if frame is None or isinstance(frame, ProtocolFailure):
+            return self._tell_client(frame)
+        if isinstance(frame, EndOfStream):
             self._state = ConnectionState.CLOSED
             return ConnectionClosed()
+        value = frame.value
         if self._state is ConnectionState.AWAITING_HANDSHAKE:
             return self._receive_handshake(value)
         return self._receive_request(value)
@@ -308,12 +310,13 @@ class ClientConnection(_Connection):
         self._refuse_if_failed()
         if self._state is ConnectionState.CLOSED:
             return ConnectionClosed()
-        value = self._next_frame()
-        if value is None or isinstance(value, ProtocolFailure):
-            return value
-        if isinstance(value, EndOfStream):
+        frame = self._next_frame()
+        if frame is None or isinstance(frame, ProtocolFailure):
+            return frame
+        if isinstance(frame, EndOfStream):
             self._state = ConnectionState.CLOSED
             return ConnectionClosed()
+        value = frame.value
         try:
             if ErrorFrame.matches(value):
                 return self._fail(ErrorFrame.from_wire(value).error, reported_by_peer=True)
