@@ -170,12 +170,13 @@ def settings_from_arguments(
 def run_serve(arguments: argparse.Namespace) -> int:
     try:
         configuration = resolve_arguments(arguments)
+        if arguments.print_config:
+            print(configuration.describe())
         settings = settings_from_configuration(configuration)
     except ValueError as error:
         print(f"taskraft serve: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     if arguments.print_config:
-        print(configuration.describe())
         return EXIT_STOPPED
     configure_logging(configuration["log_level"], configuration["log_format"])
     for name in unknown_environment_variables(os.environ, CLIENT_ENVIRONMENT_VARIABLES):
