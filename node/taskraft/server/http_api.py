@@ -12,7 +12,7 @@ not lead, admin operations answer 307 to the leader's HTTP address (421 when the
 known), and queue operations answer 421 with the leader's addresses in the error document.
 
 Bounds: a request body is at most `REQUEST_BODY_MAX_BYTES`, and at most `REQUESTS_IN_FLIGHT_MAX`
-requests are served at once; beyond, 503 at once.
+requests are served at once; beyond, 429 (`overloaded`) at once.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from taskraft.errors import (
     Unavailable,
 )
 from taskraft.protocol.fields import FieldReader
+from taskraft.protocol.schema import error_to_wire
 from taskraft.raft import LogIndex, MembershipChange, MembershipChangeKind, NodeId, Role
 from taskraft.server.metrics import NodeMetrics
 
@@ -147,6 +148,13 @@ class HttpApi:
         self._in_flight += 1
         try:
             return await handler(request)
+        except web.HTTPException as exception:
+            if exception.content_type == "application/json":
+                raise
+            # aiohttp's own answers (no such route, wrong method, body too large) in the same
+            # JSON error document as every other error.
+            message = f"{exception.status} {exception.reason}: {request.method} {request.path}"
+            return _error_response(BadRequest(message), status=exception.status)
         finally:
             self._in_flight -= 1
 
@@ -281,7 +289,9 @@ class HttpApi:
         if http_address is None:
             return _error_response(self._not_leader(leader_id))
         location = f"http://{http_address}{request.path_qs}"
-        response = _error_response(self._not_leader(leader_id), status=307)
+        response = _error_response(
+            self._not_leader(leader_id), status=307, leader_http=http_address
+        )
         response.headers["Location"] = location
         return response
 
@@ -295,6 +305,7 @@ class HttpApi:
         if redirect is not None:
             return redirect
         body = await _json_body(request)
+        _only_fields(body, "id", "peer_address")
         node_id = _text_field(body, "id")
         peer_address = _address_field(body, "peer_address")
         replica = self._replica()
@@ -344,6 +355,7 @@ class HttpApi:
         if redirect is not None:
             return redirect
         body = await _json_body(request, allow_empty=True)
+        _only_fields(body, "target")
         target = body.get("target")
         if target is not None and (type(target) is not str or not target):
             raise _http_error(BadRequest("target: expected a node id"))
@@ -417,7 +429,12 @@ class HttpApi:
 
     async def _admin(self, operation: Awaitable[Any]) -> Any:
         try:
-            return await operation
+            async with asyncio.timeout(ADMIN_TIMEOUT_S):
+                return await operation
+        except TimeoutError:
+            raise _http_error(
+                Unavailable(f"the change did not commit within {ADMIN_TIMEOUT_S:g} s")
+            ) from None
         except TaskraftError as error:
             raise _http_error(error) from None
 
@@ -471,6 +488,7 @@ class HttpApi:
 
     async def _enqueue(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
+        _refuse_path_fields(body, "queue")
         body["payload"] = _payload(body)
         body.pop("payload_base64", None)
         body["queue"] = request.match_info["queue"]
@@ -479,6 +497,7 @@ class HttpApi:
 
     async def _dequeue(self, request: web.Request) -> web.Response:
         body = await _json_body(request, allow_empty=True)
+        _refuse_path_fields(body, "queue")
         body["queue"] = request.match_info["queue"]
         return await self._queue_operation(protocol.Dequeue, body)
 
@@ -486,6 +505,7 @@ class HttpApi:
         self, request: web.Request, operation_class: type[protocol.Operation]
     ) -> web.Response:
         body = await _json_body(request)
+        _refuse_path_fields(body, "task", "id")
         try:
             task_id = int(request.match_info["task_id"])
         except ValueError:
@@ -512,10 +532,12 @@ def _text(status: int, text: str) -> web.Response:
 
 
 def _error_document(error: TaskraftError, leader_http: str | None = None) -> dict[str, Any]:
-    document: dict[str, Any] = {"code": error.code, "name": error.name, "message": str(error)}
+    """The protocol's error object (bounded message, leader fields), plus the leader's HTTP
+    address for `not_leader`."""
+    document: dict[str, Any] = dict(error_to_wire(error))
     if isinstance(error, NotLeader):
-        document["leader_id"] = error.leader_id
-        document["leader_address"] = error.leader_address
+        document.setdefault("leader_id", error.leader_id)
+        document.setdefault("leader_address", error.leader_address)
         document["leader_http_address"] = leader_http
     return {"error": document}
 
@@ -552,6 +574,20 @@ async def _json_body(request: web.Request, *, allow_empty: bool = False) -> dict
     if not isinstance(document, dict):
         raise _http_error(BadRequest("the body must be a JSON object"))
     return document
+
+
+def _refuse_path_fields(body: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if name in body:
+            raise _http_error(BadRequest(f"{name}: comes from the path, not the body"))
+
+
+def _only_fields(body: dict[str, Any], *names: str) -> None:
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise _http_error(
+            BadRequest(f"{unknown[0]}: unknown field; expected {', '.join(names) or 'none'}")
+        )
 
 
 def _text_field(body: dict[str, Any], name: str) -> str:

@@ -156,12 +156,14 @@ class Node:
     def advertised_peer_address(self) -> str:
         if self.settings.advertise_peer_address is not None:
             return self.settings.advertise_peer_address
-        assert self.transport is not None
+        if self.transport is None:
+            return self.settings.peer_address
         return format_address(*self.transport.listen_address)
 
     @staticmethod
     def _bound_address(server: ClientListener | HttpApi | None) -> str:
-        assert server is not None
+        if server is None:
+            return "(not listening yet)"
         return format_address(*server.address)
 
     def client_address_of(self, node_id: str | None) -> str | None:
