@@ -241,6 +241,7 @@ class AsyncClient:
         self._leader_address: str | None = None
         self._next_server = 0
         self._closed = False
+        self._closed_event = asyncio.Event()
         self._random = random.Random()
 
     async def __aenter__(self) -> AsyncClient:
@@ -381,6 +382,7 @@ class AsyncClient:
     async def close(self) -> None:
         """Close the connection and end every task the client started; calls in flight fail."""
         self._closed = True
+        self._closed_event.set()
         if self._connection is not None:
             self._connection.close("the client was closed")
             self._connection = None
@@ -460,9 +462,13 @@ class AsyncClient:
             raise RuntimeError("the client is closed")
 
     async def _back_off(self, backoff: ReconnectBackoff, deadline: float) -> None:
-        """Sleep the next jittered backoff delay, never past the deadline."""
+        """Sleep the next jittered backoff delay, never past the deadline; `close` cuts it
+        short, so that a call waiting to retry fails at once."""
         remaining = deadline - asyncio.get_running_loop().time()
-        await asyncio.sleep(min(backoff.next_delay_ms() / 1000, max(remaining, 0.0)))
+        delay = min(backoff.next_delay_ms() / 1000, max(remaining, 0.0))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._closed_event.wait()
 
     def _drop(self, connection: _Connection, reason: str) -> None:
         connection.close(reason)

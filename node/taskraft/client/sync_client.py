@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -36,6 +37,8 @@ class Client:
         self._thread.start()
         self._closed = False
         self._close_lock = threading.Lock()
+        # Calls submitted to the loop and not finished, from any thread.
+        self._in_flight: set[Future[Any]] = set()
         try:
             self._client: AsyncClient = self._run(self._make_client(servers, options), None)
         except BaseException:
@@ -55,11 +58,14 @@ class Client:
             coroutine.close()
             raise RuntimeError("a Client method was called from its own event loop thread")
         future: Future[_T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        self._in_flight.add(future)
         try:
             return future.result(timeout)
         except BaseException:
             future.cancel()
             raise
+        finally:
+            self._in_flight.discard(future)
 
     def _call(self, coroutine: Coroutine[Any, Any, _T], extra_time_s: float = 0.0) -> _T:
         if self._closed:
@@ -153,6 +159,11 @@ class Client:
             self._closed = True
         try:
             self._run(self._client.close(), self._client.connect_timeout_s + _LOOP_MARGIN_S)
+            # Calls of other threads now fail on the loop (AsyncClient.close ends them); let
+            # them finish there before the loop stops, or they would wait for nothing.
+            others = [future for future in list(self._in_flight) if not future.done()]
+            if others:
+                wait_for_futures(others, timeout=self._client.connect_timeout_s + _LOOP_MARGIN_S)
         finally:
             self._stop_loop()
 

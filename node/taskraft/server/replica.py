@@ -240,12 +240,17 @@ class Replica:
         self._core_actions.append(start)
         self._wake.set()
         await outcome
-        moved = await self.wait_for(
-            lambda: self.raft.role is not Role.LEADER and self.raft.leader_id is not None,
-            timeout_s,
-        )
-        if not moved:
-            raise Unavailable(f"leadership did not move to {chosen} within {timeout_s:g} s")
+
+        def moved() -> bool:
+            return self.raft.role is not Role.LEADER and self.raft.leader_id is not None
+
+        def abandoned() -> bool:
+            # The core gives a transfer up after an election timeout without a new leader.
+            return self.raft.role is Role.LEADER and self.raft.leadership_transferee is None
+
+        await self.wait_for(lambda: moved() or abandoned(), timeout_s)
+        if not moved():
+            raise Unavailable(f"leadership did not move to {chosen} (within {timeout_s:g} s)")
         leader = self.raft.leader_id
         assert leader is not None
         return leader
