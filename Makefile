@@ -7,7 +7,7 @@ SIM_ARGS ?=
 
 MAKEFLAGS += --no-print-directory
 
-.PHONY: install test lint typecheck importlint pytest demo sim-demo sim clean
+.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick clean
 
 install: $(STAMP)
 
@@ -46,6 +46,14 @@ sim-demo: $(STAMP)
 
 sim: $(STAMP)
 	$(BIN)/python -m taskraft.sim --seeds $(SEEDS) $(SIM_ARGS)
+
+# The queue benchmark on a local cluster of real processes (many minutes); see bench/README.md.
+bench: $(STAMP)
+	$(BIN)/python bench/queue_bench.py
+
+# The same with small counts, in under a minute: checks that the benchmark works.
+bench-quick: $(STAMP)
+	$(BIN)/python bench/queue_bench.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist
