@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from taskraft.raft import NodeId, RaftOptions
@@ -173,6 +173,7 @@ def run_serve(arguments: argparse.Namespace) -> int:
         if arguments.print_config:
             print(configuration.describe())
         settings = settings_from_configuration(configuration)
+        loop_factory = event_loop_factory(configuration["event_loop"])
     except ValueError as error:
         print(f"taskraft serve: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
@@ -181,7 +182,25 @@ def run_serve(arguments: argparse.Namespace) -> int:
     configure_logging(configuration["log_level"], configuration["log_format"])
     for name in unknown_environment_variables(os.environ, CLIENT_ENVIRONMENT_VARIABLES):
         logger.warning("ignoring the environment variable %s: no option has that name", name)
-    return asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(settings))
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when chosen (or when `auto` finds it installed), else the standard one."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigurationError(
+                "option event_loop is uvloop, but uvloop is not installed "
+                "(pip install 'taskraft[fast]')"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 async def serve(settings: NodeSettings) -> int:

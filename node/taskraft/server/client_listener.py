@@ -42,7 +42,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from taskraft import protocol
 from taskraft import queue as queue_commands
@@ -525,8 +525,8 @@ class _ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's do not derive from asyncio.Transport, but behave alike).
+        self._transport = cast(asyncio.Transport, transport)
         refusal = self._listener._admit(self)
         if refusal is not None:
             self._fail(refusal)

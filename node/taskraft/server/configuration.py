@@ -210,6 +210,13 @@ OPTIONS: tuple[Option, ...] = (
         choices=("debug", "info", "warning", "error"),
     ),
     Option(
+        "event_loop",
+        "choice",
+        "the asyncio event loop: uvloop (faster) when installed, or the standard one",
+        "auto",
+        choices=("auto", "uvloop", "asyncio"),
+    ),
+    Option(
         "log_format",
         "choice",
         "JSON lines for log collectors, or text for people",
