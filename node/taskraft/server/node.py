@@ -267,6 +267,12 @@ class Node:
                     listen,
                     name,
                 )
+        loop_kind = (
+            "uvloop"
+            if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            else "asyncio"
+        )
+        logger.info("running on the %s event loop", loop_kind)
         logger.info(
             "node %s serving clients on %s, peers on %s, HTTP on %s (%s)",
             settings.node_id,

@@ -1,0 +1,36 @@
+"""Nodes work on the standard asyncio loop as well as on uvloop (the default when installed).
+
+Every other process test runs nodes on the default loop; this one runs a cluster with
+`--event-loop asyncio` through writes, a leader crash and a restart, and checks in the logs that
+each node really ran on the loop it was told to use.
+"""
+
+from __future__ import annotations
+
+import pytest
+from process_cluster import DEADLINE_S, ClusterFactory
+
+from taskraft.client import Client
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_a_cluster_serves_and_fails_over_on_each_event_loop(
+    clusters: ClusterFactory, event_loop: str
+) -> None:
+    cluster = clusters.start(3, extra_arguments=["--event-loop", event_loop])
+    with Client(servers=cluster.servers, request_timeout_s=DEADLINE_S) as client:
+        ids = {client.enqueue("default", f"task {n}".encode()) for n in range(20)}
+        leader = cluster.wait_for_leader(DEADLINE_S)
+        cluster.kill_node(leader)
+        survivors = [n for n in cluster.node_ids if n != leader]
+        cluster.wait_for_leader(DEADLINE_S, among=survivors)
+        cluster.start_node(leader)
+        delivered = set()
+        while (task := client.dequeue("default", lease_ms=60_000)) is not None:
+            client.ack(task)
+            delivered.add(task.id)
+    assert delivered == ids
+    for node_id in cluster.node_ids:
+        assert f"on the {event_loop} event loop" in cluster.log_path(node_id).read_text()
