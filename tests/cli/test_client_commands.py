@@ -289,6 +289,99 @@ def test_dequeue_with_no_task_exits_with_its_own_status(
     assert as_json.json() is None
 
 
+def test_enqueue_many_from_stdin_or_a_file_and_dequeue_many(
+    cluster: ServedCluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    assert client(capsys, cluster, "queue", "create", "lines").status == EXIT_OK
+    lines = b"first line\nsecond \xff line\r\n\n  third  \n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines)))
+    enqueued = client(capsys, cluster, "enqueue-many", "lines", "--priority", "4")
+    assert enqueued.status == EXIT_OK, enqueued.err
+    first_ids = [int(line) for line in enqueued.out.splitlines()]
+    assert len(first_ids) == len(set(first_ids)) == 3  # the empty line is skipped
+
+    path = tmp_path / "urgent.txt"
+    path.write_bytes(b"urgent 1\nurgent 2")
+    as_json = client(capsys, cluster, "enqueue-many", "lines", str(path), "--priority=-1", "--json")
+    assert as_json.status == EXIT_OK, as_json.err
+    result = as_json.json()
+    assert isinstance(result, dict) and result["queue"] == "lines"
+    assert len(result["task_ids"]) == 2
+
+    table = client(capsys, cluster, "dequeue-many", "lines", "--max-tasks", "3")
+    assert table.status == EXIT_OK, table.err
+    header, *rows = table.out.splitlines()
+    assert header.split() == ["ID", "PRIORITY", "DELIVERIES", "LEASE", "PAYLOAD"]
+    cells = [row.split(maxsplit=4) for row in rows]
+    assert [cell[0] for cell in cells] == [
+        str(task_id) for task_id in [*result["task_ids"], first_ids[0]]
+    ]
+    assert [cell[1] for cell in cells] == ["-1", "-1", "4"]
+    assert [cell[4] for cell in cells] == ["urgent 1", "urgent 2", "first line"]
+    assert all(cell[2] == "1" and cell[3].isdigit() for cell in cells)
+
+    rest = client(
+        capsys, cluster, "dequeue-many", "lines", "--max-tasks", "5", "--json", "--lease-ms", "0"
+    )
+    assert rest.status == EXIT_OK, rest.err
+    tasks = rest.json()
+    assert isinstance(tasks, list)
+    assert [base64.b64decode(task["payload_base64"]) for task in tasks] == [
+        b"second \xff line",
+        b"  third  ",
+    ]
+    assert all(task["lease"] is None and task["lease_ms"] is None for task in tasks)
+    assert set(tasks[0]) == {
+        "id",
+        "queue",
+        "priority",
+        "deliveries",
+        "lease",
+        "lease_ms",
+        "payload_base64",
+    }
+
+    empty = client(capsys, cluster, "dequeue-many", "lines", "--max-tasks", "5", "--wait-ms", "20")
+    assert (empty.status, empty.out, empty.err) == (EXIT_NO_TASK, "no task\n", "")
+    empty_json = client(capsys, cluster, "dequeue-many", "lines", "--max-tasks", "5", "--json")
+    assert empty_json.status == EXIT_NO_TASK and empty_json.json() == []
+
+
+def test_enqueue_many_of_nothing_and_its_errors(
+    cluster: ServedCluster,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n\n")))
+    nothing = client(capsys, cluster, "enqueue-many", "default", "--json")
+    assert nothing.status == EXIT_OK, nothing.err
+    assert nothing.json() == {"queue": "default", "task_ids": []}
+
+    missing_file = client(capsys, cluster, "enqueue-many", "default", str(tmp_path / "none"))
+    assert missing_file.status == EXIT_ERROR
+    assert missing_file.err.startswith("error: ") and "No such file" in missing_file.err
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\nb\n")))
+    missing_queue = client(capsys, cluster, "enqueue-many", "no-such-queue")
+    assert missing_queue.status == EXIT_ERROR and missing_queue.out == ""
+    assert missing_queue.err.startswith("error: queue_not_found (2): ")
+
+    assert client(capsys, cluster, "queue", "create", "tiny", "--max-size", "1").status == 0
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a\nb\n")))
+    full = client(capsys, cluster, "enqueue-many", "tiny")
+    assert full.status == EXIT_ERROR
+    assert full.err.startswith("error: queue_full (10): ")
+    assert client(capsys, cluster, "count", "tiny").out == "ready: 0\ndelayed: 0\nleased: 0\n"
+
+    unknown = client(capsys, cluster, "dequeue-many", "no-such-queue", "--max-tasks", "2")
+    assert unknown.status == EXIT_ERROR
+    assert unknown.err.startswith("error: queue_not_found (2): ")
+
+
 def test_status_lists_every_node_with_one_leader(
     cluster: ServedCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -389,6 +482,11 @@ def test_servers_come_from_the_environment(
         ["dequeue", "jobs", "--wait-ms", "-1"],
         ["ack", "1"],
         ["queue"],
+        ["enqueue-many"],
+        ["enqueue-many", "jobs", "--delay-ms", "-5"],
+        ["dequeue-many", "jobs"],
+        ["dequeue-many", "jobs", "--max-tasks", "0"],
+        ["dequeue-many", "jobs", "--max-tasks", "ten"],
     ],
 )
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:

@@ -64,11 +64,15 @@ from taskraft.protocol import (
     REQUESTS_IN_FLIGHT_MAX,
     WAIT_MS_MAX,
     Ack,
+    AckMany,
     Count,
     CreateQueue,
     DeleteQueue,
     Dequeue,
+    DequeueMany,
     Enqueue,
+    EnqueueItem,
+    EnqueueMany,
     ErrorFrame,
     Extend,
     Handshake,
@@ -412,6 +416,12 @@ FULL_OPERATIONS: list[Operation] = [
     Ack(task=TASK),
     Nack(task=TASK, delay_ms=1),
     Extend(task=TASK, lease_ms=1),
+    EnqueueMany(
+        queue="hostile-never-created",
+        tasks=(EnqueueItem(payload=b"x", priority=1, key="k", delay_ms=5),),
+    ),
+    DequeueMany(queue="hostile-never-created", max_tasks=2, wait_ms=0, lease_ms=1_000),
+    AckMany(tasks=(TASK,)),
     Status(),
 ]
 WRONG_VALUES: dict[str, object] = {
@@ -528,7 +538,7 @@ UNANSWERABLE = {
     "an extension type": encode_frame({"id": 1, "op": "status", "args": msgpack.ExtType(5, b"")}),
     "a map key twice": b"\x00\x00\x00\x07\x82\xa1a\x01\xa1a\x02",
     "nested too deep": encode_frame({"id": 1, "op": "status", "args": [[[[[[[[[1]]]]]]]]]}),
-    "an array of 17 items": encode_frame({"id": 1, "op": "status", "args": list(range(17))}),
+    "an array of 1025 items": encode_frame({"id": 1, "op": "status", "args": list(range(1025))}),
     "trailing bytes": b"\x00\x00\x00\x02\xc0\xc0",
 }
 

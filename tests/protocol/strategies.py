@@ -7,13 +7,20 @@ from hypothesis import strategies as st
 from taskraft.errors import ERRORS_BY_CODE, NotLeader, TaskraftError
 from taskraft.protocol import (
     Ack,
+    AckedMany,
+    AckMany,
     Count,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
+    DeliveredTasks,
     Dequeue,
+    DequeueMany,
     Enqueue,
     Enqueued,
+    EnqueuedMany,
+    EnqueueItem,
+    EnqueueMany,
     Extend,
     ListQueues,
     Nack,
@@ -28,6 +35,7 @@ from taskraft.protocol import (
     TaskLease,
 )
 from taskraft.protocol.limits import (
+    BATCH_TASKS_MAX,
     DELAY_MS_MAX,
     INT64_MAX,
     INT64_MIN,
@@ -47,6 +55,9 @@ keys = st.text(min_size=1, max_size=64).filter(lambda key: len(key.encode()) <= 
 lease_ms = st.integers(0, LEASE_MS_MAX)
 delay_ms = st.integers(0, DELAY_MS_MAX)
 task_leases = st.builds(TaskLease, task_id=uint64s, lease=uint64s)
+enqueue_items = st.builds(
+    EnqueueItem, payload=payloads, priority=int64s, key=st.none() | keys, delay_ms=delay_ms
+)
 
 
 @st.composite
@@ -99,6 +110,19 @@ operations: st.SearchStrategy[Operation] = st.one_of(
     st.builds(Ack, task=task_leases),
     st.builds(Nack, task=task_leases, delay_ms=delay_ms),
     st.builds(Extend, task=task_leases, lease_ms=st.integers(1, LEASE_MS_MAX)),
+    st.builds(
+        EnqueueMany,
+        queue=queue_names,
+        tasks=st.lists(enqueue_items, min_size=1, max_size=5).map(tuple),
+    ),
+    st.builds(
+        DequeueMany,
+        queue=queue_names,
+        max_tasks=st.integers(1, BATCH_TASKS_MAX),
+        wait_ms=st.integers(0, WAIT_MS_MAX),
+        lease_ms=st.none() | lease_ms,
+    ),
+    st.builds(AckMany, tasks=st.lists(task_leases, min_size=1, max_size=5).map(tuple)),
     st.just(Status()),
 )
 
@@ -121,20 +145,40 @@ descriptions = st.builds(
     counts=counts,
 )
 
+delivered_tasks = st.builds(
+    DeliveredTask,
+    task_id=uint64s,
+    lease=st.none() | uint64s,
+    queue=queue_names,
+    priority=int64s,
+    payload=payloads,
+    deliveries=st.integers(1, UINT64_MAX),
+    lease_ms=st.none() | lease_ms,
+)
+
+
+@st.composite
+def enqueued_many(draw: st.DrawFn) -> EnqueuedMany:
+    count = draw(st.integers(1, 5))
+    return EnqueuedMany(
+        task_ids=tuple(draw(st.lists(uint64s, min_size=count, max_size=count))),
+        duplicates=tuple(draw(st.lists(st.booleans(), min_size=count, max_size=count))),
+    )
+
+
 results: st.SearchStrategy[Result] = st.one_of(
     descriptions,
     st.builds(QueuePage, queues=st.lists(descriptions, max_size=5).map(tuple), more=st.booleans()),
     counts,
     st.builds(Enqueued, task_id=uint64s, duplicate=st.booleans()),
+    delivered_tasks,
+    enqueued_many(),
+    st.builds(DeliveredTasks, tasks=st.lists(delivered_tasks, max_size=5).map(tuple)),
     st.builds(
-        DeliveredTask,
-        task_id=uint64s,
-        lease=st.none() | uint64s,
-        queue=queue_names,
-        priority=int64s,
-        payload=payloads,
-        deliveries=st.integers(1, UINT64_MAX),
-        lease_ms=st.none() | lease_ms,
+        AckedMany,
+        errors=st.lists(st.none() | st.integers(-(2**63), UINT64_MAX), min_size=1, max_size=5).map(
+            tuple
+        ),
     ),
     st.builds(
         NodeStatus,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,13 +27,20 @@ from taskraft.errors import (
 from taskraft.protocol import (
     OPERATIONS,
     Ack,
+    AckedMany,
+    AckMany,
     Count,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
+    DeliveredTasks,
     Dequeue,
+    DequeueMany,
     Enqueue,
     Enqueued,
+    EnqueuedMany,
+    EnqueueItem,
+    EnqueueMany,
     ErrorFrame,
     Extend,
     Frame,
@@ -56,7 +65,10 @@ from taskraft.protocol import (
     error_from_wire,
     error_to_wire,
 )
+from taskraft.protocol.fields import FieldReader
 from taskraft.protocol.limits import (
+    BATCH_PAYLOAD_BYTES_MAX,
+    BATCH_TASKS_MAX,
     DELAY_MS_MAX,
     ERROR_MESSAGE_MAX_BYTES,
     LEASE_MS_MAX,
@@ -75,6 +87,11 @@ def over_the_wire(value: object) -> object:
 
 
 TASK = TaskLease(task_id=41, lease=7)
+OTHER_TASK = TaskLease(task_id=2**64 - 1, lease=0)
+ITEMS = (
+    EnqueueItem(payload=b"\x00first", priority=-3, key="order-18", delay_ms=500),
+    EnqueueItem(payload=b"", priority=2**63 - 1),
+)
 
 FULL_OPERATIONS: list[Operation] = [
     CreateQueue(
@@ -95,6 +112,9 @@ FULL_OPERATIONS: list[Operation] = [
     Ack(task=TASK),
     Nack(task=TASK, delay_ms=1_000),
     Extend(task=TASK, lease_ms=1),
+    EnqueueMany(queue="jobs", tasks=ITEMS),
+    DequeueMany(queue="jobs", max_tasks=BATCH_TASKS_MAX, wait_ms=WAIT_MS_MAX, lease_ms=60_000),
+    AckMany(tasks=(TASK, OTHER_TASK)),
     Status(),
 ]
 
@@ -105,6 +125,10 @@ MINIMAL_OPERATIONS: list[Operation] = [
     Dequeue(queue="jobs"),
     Dequeue(queue="jobs", lease_ms=0),
     Nack(task=TASK),
+    EnqueueMany(queue="jobs", tasks=(EnqueueItem(payload=b"", priority=0),)),
+    DequeueMany(queue="jobs", max_tasks=1),
+    DequeueMany(queue="jobs", max_tasks=1, lease_ms=0),
+    AckMany(tasks=(TASK,)),
 ]
 
 
@@ -124,6 +148,16 @@ def test_optional_arguments_left_unset_are_omitted_from_the_wire() -> None:
     # Absent and nil both mean "the default".
     wire = {"id": 1, "op": "dequeue", "args": {"queue": "q", "wait_ms": None, "lease_ms": None}}
     assert Request.from_wire(wire).operation == Dequeue(queue="q")
+    # A batch's tasks leave out their unset key and delay.
+    assert [item.to_wire() for item in ITEMS] == [
+        {"payload": b"\x00first", "priority": -3, "key": "order-18", "delay_ms": 500},
+        {"payload": b"", "priority": 2**63 - 1},
+    ]
+    task = {"payload": b"", "priority": 0, "key": None, "delay_ms": None}
+    wire = {"id": 1, "op": "enqueue_many", "args": {"queue": "q", "tasks": [task]}}
+    assert Request.from_wire(wire).operation == EnqueueMany(
+        queue="q", tasks=(EnqueueItem(payload=b"", priority=0),)
+    )
 
 
 HEAP = QueuePolicies(
@@ -184,6 +218,30 @@ RESULT_EXAMPLES: list[tuple[Operation, Result | None]] = [
     (Ack(task=TASK), None),
     (Nack(task=TASK), None),
     (Extend(task=TASK, lease_ms=1), None),
+    (
+        EnqueueMany(queue="q", tasks=ITEMS),
+        EnqueuedMany(task_ids=(9, 2**64 - 1), duplicates=(False, True)),
+    ),
+    (
+        DequeueMany(queue="q", max_tasks=3),
+        DeliveredTasks(
+            tasks=(
+                DELIVERED,
+                DeliveredTask(
+                    task_id=9,
+                    lease=None,
+                    queue="q",
+                    priority=0,
+                    payload=b"",
+                    deliveries=1,
+                    lease_ms=None,
+                ),
+            )
+        ),
+    ),
+    (DequeueMany(queue="q", max_tasks=1, wait_ms=10), DeliveredTasks(tasks=())),
+    (AckMany(tasks=(TASK, OTHER_TASK)), AckedMany(errors=(None, 12))),
+    (AckMany(tasks=(TASK,)), AckedMany(errors=(None,))),
     (
         Status(),
         NodeStatus(
@@ -257,6 +315,39 @@ def test_a_result_must_be_what_the_operation_answers() -> None:
             "ok.deliveries",
         ),
         (Status(), {"node": "n"}, "ok.role"),
+        (EnqueueMany(queue="q", tasks=ITEMS), None, "ok"),
+        (
+            EnqueueMany(queue="q", tasks=ITEMS),
+            {"task_ids": [1], "duplicates": [False]},
+            "ok.task_ids",
+        ),
+        (
+            EnqueueMany(queue="q", tasks=ITEMS),
+            {"task_ids": [1, 2], "duplicates": [False]},
+            "ok.duplicates",
+        ),
+        (
+            EnqueueMany(queue="q", tasks=ITEMS),
+            {"task_ids": [1, -2], "duplicates": [False, False]},
+            "ok.task_ids[1]",
+        ),
+        (
+            EnqueueMany(queue="q", tasks=ITEMS),
+            {"task_ids": [1, 2], "duplicates": [False, 1]},
+            "ok.duplicates[1]",
+        ),
+        (EnqueueMany(queue="q", tasks=ITEMS), {"duplicates": []}, "ok.task_ids"),
+        (DequeueMany(queue="q", max_tasks=2), None, "ok"),
+        (DequeueMany(queue="q", max_tasks=2), {"tasks": [DELIVERED.to_wire()] * 3}, "ok.tasks"),
+        (DequeueMany(queue="q", max_tasks=2), {"tasks": {}}, "ok.tasks"),
+        (
+            DequeueMany(queue="q", max_tasks=2),
+            {"tasks": [DELIVERED.to_wire(), {**DELIVERED.to_wire(), "payload": "p"}]},
+            "ok.tasks[1].payload",
+        ),
+        (AckMany(tasks=(TASK, TASK)), {"errors": [None]}, "ok.errors"),
+        (AckMany(tasks=(TASK, TASK)), {"errors": [None, "unknown_lease"]}, "ok.errors[1]"),
+        (AckMany(tasks=(TASK,)), {"errors": [1.5]}, "ok.errors[0]"),
     ],
 )
 def test_malformed_answers_name_the_field(operation: Operation, ok: object, field: str) -> None:
@@ -338,6 +429,14 @@ def test_fuzz_request_round_trip(operation: Operation, request_id: int) -> None:
 
 
 def operation_answering(result: Result) -> Operation:
+    # A batch's answer matches the batch: as many ids or errors as tasks, tasks up to max_tasks.
+    if isinstance(result, EnqueuedMany):
+        item = EnqueueItem(payload=b"", priority=0)
+        return EnqueueMany(queue="q", tasks=(item,) * len(result.task_ids))
+    if isinstance(result, AckedMany):
+        return AckMany(tasks=(TASK,) * len(result.errors))
+    if isinstance(result, DeliveredTasks):
+        return DequeueMany(queue="q", max_tasks=max(len(result.tasks), 1))
     for operation in FULL_OPERATIONS:
         if operation.result_type is type(result):
             return operation
@@ -440,7 +539,25 @@ ARGUMENT_TYPES: dict[str, dict[str, tuple[str, bool]]] = {
     "ack": {"task": ("map", True)},
     "nack": {"task": ("map", True), "delay_ms": ("int", False)},
     "extend": {"task": ("map", True), "lease_ms": ("int", True)},
+    "enqueue_many": {"queue": ("str", True), "tasks": ("array", True)},
+    "dequeue_many": {
+        "queue": ("str", True),
+        "max_tasks": ("int", True),
+        "wait_ms": ("int", False),
+        "lease_ms": ("int", False),
+    },
+    "ack_many": {"tasks": ("array", True)},
     "status": {},
+}
+# The fields of each item of a batch's `tasks`: wire type, and whether required.
+ITEM_TYPES: dict[str, dict[str, tuple[str, bool]]] = {
+    "enqueue_many": {
+        "payload": ("bin", True),
+        "priority": ("int", True),
+        "key": ("str", False),
+        "delay_ms": ("int", False),
+    },
+    "ack_many": {"id": ("int", True), "lease": ("int", True)},
 }
 SAMPLES: dict[str, object] = {
     "nil": None,
@@ -483,6 +600,17 @@ def wrong_type_cases() -> list[tuple[str, str, str, object]]:
         for sample_type, sample in SAMPLES.items():
             if sample_type != "int":
                 cases.append(("create_queue", f"args.priority_range[{index}]", "int", sample))
+    # Each item of a batch, and each field of an item, in the first and the last item.
+    for op, fields in ITEM_TYPES.items():
+        for index in (0, 1):
+            for sample_type, sample in SAMPLES.items():
+                if sample_type != "map":
+                    cases.append((op, f"args.tasks[{index}]", "map", sample))
+            for field, (expected, required) in fields.items():
+                for sample_type, sample in SAMPLES.items():
+                    if sample_type == expected or (sample_type == "nil" and not required):
+                        continue
+                    cases.append((op, f"args.tasks[{index}].{field}", expected, sample))
     return cases
 
 
@@ -494,6 +622,15 @@ def set_path(args: dict[str, object], path: str, value: object) -> dict[str, obj
         items: list[object] = [-10, 10]
         items[int(parts[0][-2])] = value
         updated["priority_range"] = items
+    elif parts[0].startswith("tasks["):
+        tasks = args["tasks"]
+        assert isinstance(tasks, list)
+        replaced: list[object] = list(tasks)
+        index = int(parts[0].removeprefix("tasks[").removesuffix("]"))
+        item = replaced[index]
+        assert isinstance(item, dict)
+        replaced[index] = value if len(parts) == 1 else {**item, parts[1]: value}
+        updated["tasks"] = replaced
     elif len(parts) == 2:
         updated[parts[0]] = {**TASK_WIRE, parts[1]: value}
     else:
@@ -533,6 +670,37 @@ def test_extra_argument(op: str) -> None:
     error = rejection(request_with(op, {**VALID_ARGS[op], "colour": "blue"}))
     assert type(error) is BadRequest
     assert error.message == "args.colour: unexpected field"
+
+
+@pytest.mark.parametrize(
+    ("op", "index", "field"),
+    [
+        (op, index, field)
+        for op, fields in ITEM_TYPES.items()
+        for index in (0, 1)
+        for field, (_, required) in fields.items()
+        if required
+    ],
+)
+def test_missing_field_of_a_batch_item(op: str, index: int, field: str) -> None:
+    tasks = VALID_ARGS[op]["tasks"]
+    assert isinstance(tasks, list)
+    item = tasks[index]
+    assert isinstance(item, dict)
+    without = {key: value for key, value in item.items() if key != field}
+    error = rejection(request_with(op, set_path(VALID_ARGS[op], f"args.tasks[{index}]", without)))
+    assert type(error) is BadRequest
+    assert error.message == f"args.tasks[{index}].{field}: missing"
+
+
+@pytest.mark.parametrize("op", sorted(ITEM_TYPES))
+def test_extra_field_of_a_batch_item(op: str) -> None:
+    tasks = VALID_ARGS[op]["tasks"]
+    assert isinstance(tasks, list) and isinstance(tasks[1], dict)
+    wire = request_with(op, set_path(VALID_ARGS[op], "args.tasks[1]", {**tasks[1], "queue": "q"}))
+    error = rejection(wire)
+    assert type(error) is BadRequest
+    assert error.message == "args.tasks[1].queue: unexpected field"
 
 
 @pytest.mark.parametrize("field", ["id", "lease"])
@@ -577,6 +745,14 @@ def test_malformed_request_envelope(wire: object, message: str) -> None:
 
 def bad(op: str, field: str, value: object) -> dict[str, object]:
     return request_with(op, {**VALID_ARGS[op], field: value})
+
+
+def item(**fields: object) -> dict[str, object]:
+    """The wire form of a valid `enqueue_many` task, with `fields` replaced."""
+    return {"payload": b"x", "priority": 0, **fields}
+
+
+ITEM = item()
 
 
 OUT_OF_RANGE: list[tuple[dict[str, object], type[TaskraftError], str]] = [
@@ -630,6 +806,43 @@ OUT_OF_RANGE: list[tuple[dict[str, object], type[TaskraftError], str]] = [
     (bad("extend", "lease_ms", LEASE_MS_MAX + 1), InvalidArgument, "args.lease_ms"),
     (bad("ack", "task", {"id": -1, "lease": 7}), BadRequest, "args.task.id"),
     (bad("ack", "task", {"id": 1, "lease": -7}), BadRequest, "args.task.lease"),
+    (bad("enqueue_many", "queue", "a b"), InvalidQueueName, "args.queue"),
+    (bad("enqueue_many", "tasks", []), InvalidArgument, "args.tasks"),
+    (bad("enqueue_many", "tasks", [ITEM] * (BATCH_TASKS_MAX + 1)), InvalidArgument, "args.tasks"),
+    (
+        bad("enqueue_many", "tasks", [ITEM, item(payload=b"x" * (PAYLOAD_SIZE_MAX_BYTES + 1))]),
+        PayloadTooLarge,
+        "args.tasks[1].payload",
+    ),
+    (
+        bad("enqueue_many", "tasks", [item(payload=b"x" * (BATCH_PAYLOAD_BYTES_MAX // 2 + 1))] * 2),
+        PayloadTooLarge,
+        "args.tasks",
+    ),
+    (
+        bad("enqueue_many", "tasks", [ITEM, item(priority=2**63), ITEM]),
+        PriorityOutOfRange,
+        "args.tasks[1].priority",
+    ),
+    (bad("enqueue_many", "tasks", [item(key="")]), InvalidArgument, "args.tasks[0].key"),
+    (bad("enqueue_many", "tasks", [item(key="é" * 128)]), InvalidArgument, "args.tasks[0].key"),
+    (bad("enqueue_many", "tasks", [item(delay_ms=-1)]), InvalidArgument, "args.tasks[0].delay_ms"),
+    (
+        bad("enqueue_many", "tasks", [item(delay_ms=DELAY_MS_MAX + 1)]),
+        InvalidArgument,
+        "args.tasks[0].delay_ms",
+    ),
+    (bad("dequeue_many", "queue", ""), InvalidQueueName, "args.queue"),
+    (bad("dequeue_many", "max_tasks", 0), InvalidArgument, "args.max_tasks"),
+    (bad("dequeue_many", "max_tasks", BATCH_TASKS_MAX + 1), InvalidArgument, "args.max_tasks"),
+    (bad("dequeue_many", "wait_ms", -1), InvalidArgument, "args.wait_ms"),
+    (bad("dequeue_many", "wait_ms", WAIT_MS_MAX + 1), InvalidArgument, "args.wait_ms"),
+    (bad("dequeue_many", "lease_ms", -1), InvalidArgument, "args.lease_ms"),
+    (bad("dequeue_many", "lease_ms", LEASE_MS_MAX + 1), InvalidArgument, "args.lease_ms"),
+    (bad("ack_many", "tasks", []), InvalidArgument, "args.tasks"),
+    (bad("ack_many", "tasks", [TASK_WIRE] * (BATCH_TASKS_MAX + 1)), InvalidArgument, "args.tasks"),
+    (bad("ack_many", "tasks", [TASK_WIRE, {"id": -1, "lease": 7}]), BadRequest, "args.tasks[1].id"),
+    (bad("ack_many", "tasks", [{"id": 1}]), BadRequest, "args.tasks[0].lease"),
 ]
 
 
@@ -662,7 +875,80 @@ def test_values_out_of_range(
         bad("dequeue", "lease_ms", 0),
         bad("extend", "lease_ms", LEASE_MS_MAX),
         bad("ack", "task", {"id": 2**64 - 1, "lease": 0}),
+        bad("enqueue_many", "tasks", [ITEM] * BATCH_TASKS_MAX),
+        # One task may carry the largest payload; more share BATCH_PAYLOAD_BYTES_MAX.
+        bad("enqueue_many", "tasks", [item(payload=b"x" * PAYLOAD_SIZE_MAX_BYTES)]),
+        bad("enqueue_many", "tasks", [item(payload=b"x" * (BATCH_PAYLOAD_BYTES_MAX // 2))] * 2),
+        bad(
+            "enqueue_many",
+            "tasks",
+            [item(priority=-(2**63), key="é" * 127 + "a", delay_ms=DELAY_MS_MAX)] * 2,
+        ),
+        bad("enqueue_many", "tasks", [item(key="k" * 255, delay_ms=0)]),
+        bad("dequeue_many", "max_tasks", BATCH_TASKS_MAX),
+        bad("dequeue_many", "lease_ms", 0),
+        bad("ack_many", "tasks", [TASK_WIRE] * BATCH_TASKS_MAX),
+        bad("ack_many", "tasks", [{"id": 2**64 - 1, "lease": 2**64 - 1}]),
     ],
 )
 def test_values_at_the_limits_are_accepted(wire: dict[str, object]) -> None:
     Request.from_wire(over_the_wire(wire))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: the fast path of their items reads exactly what the field-by-field path reads.
+# ---------------------------------------------------------------------------------------------
+
+ITEM_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**64), 2**64),
+    st.sampled_from([-1, 0, 1, DELAY_MS_MAX, DELAY_MS_MAX + 1, -(2**63), 2**63 - 1, 2**63]),
+    st.binary(max_size=8),
+    st.sampled_from([b"x" * PAYLOAD_SIZE_MAX_BYTES, b"x" * (PAYLOAD_SIZE_MAX_BYTES + 1)]),
+    st.text(max_size=8),
+    st.sampled_from(["", "k" * 63, "k" * 64, "k" * 255, "k" * 256, "é" * 127, "é" * 128]),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+)
+ITEM_DICTS = st.dictionaries(
+    st.sampled_from(["payload", "priority", "key", "delay_ms", "colour"]), ITEM_VALUES
+) | st.fixed_dictionaries(
+    {"payload": st.binary(max_size=8), "priority": st.integers(-(2**63), 2**63 - 1)},
+    optional={"key": st.none() | st.text(max_size=70), "delay_ms": ITEM_VALUES},
+)
+
+
+def outcome(read: Callable[[], object]) -> object:
+    """What `read` returns, or the class and message of the TaskraftError it raises."""
+    try:
+        return read()
+    except TaskraftError as error:
+        return (type(error), error.message)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=ITEM_DICTS | ITEM_VALUES)
+def test_an_enqueue_many_item_reads_as_the_arguments_of_an_enqueue(value: object) -> None:
+    def as_item() -> object:
+        task = EnqueueItem.from_wire(value, "t")
+        return (task.payload, task.priority, task.key, task.delay_ms)
+
+    def as_enqueue() -> object:
+        # The same checks, field by field, as a strict request reads them.
+        FieldReader(value, "t")
+        assert isinstance(value, dict)
+        reader = FieldReader({"queue": "q", **value}, "t")
+        enqueue = Enqueue.from_args(reader)
+        reader.finish()
+        return (enqueue.payload, enqueue.priority, enqueue.key, enqueue.delay_ms)
+
+    assert outcome(as_item) == outcome(as_enqueue)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.dictionaries(st.sampled_from(["id", "lease", "x"]), ITEM_VALUES) | ITEM_VALUES)
+def test_an_ack_many_item_reads_as_the_task_of_an_ack(value: object) -> None:
+    assert outcome(lambda: TaskLease.from_batch_item(value, "t")) == outcome(
+        lambda: TaskLease.from_wire(value, "t")
+    )

@@ -6,18 +6,26 @@ state's invariants are checked after each one, as the Raft core's tests do after
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from taskraft.queue import (
     Ack,
+    AckMany,
+    AckManyResult,
     Command,
     CommandResult,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
     Dequeue,
+    DequeuedTasks,
+    DequeueMany,
     Enqueue,
+    EnqueueMany,
+    EnqueueManyResult,
     EnqueueResult,
+    EnqueueRow,
     Extend,
     Nack,
     QueueDescription,
@@ -84,6 +92,31 @@ class Driver:
         task = self.dequeue(queue, lease_ms)
         assert task is not None, f"queue {queue} unexpectedly empty"
         return task
+
+    def enqueue_many(self, queue: str, tasks: Iterable[EnqueueRow]) -> EnqueueManyResult:
+        """Enqueue (priority, payload, key, delay_ms) rows in one command."""
+        result = self.apply(EnqueueMany.of(queue, tasks))
+        assert isinstance(result, EnqueueManyResult)
+        return result
+
+    def dequeue_many(
+        self,
+        queue: str,
+        max_tasks: int,
+        lease_ms: int | None = None,
+        max_bytes: int | None = None,
+    ) -> DequeuedTasks:
+        result = self.apply(DequeueMany(queue, max_tasks, lease_ms, max_bytes))
+        assert isinstance(result, DequeuedTasks)
+        return result
+
+    def ack_many(self, tasks: Iterable[DeliveredTask]) -> AckManyResult:
+        leases = [(task.task_id, task.lease_token or 0) for task in tasks]
+        result = self.apply(
+            AckMany(tuple(lease[0] for lease in leases), tuple(lease[1] for lease in leases))
+        )
+        assert isinstance(result, AckManyResult)
+        return result
 
     def ack(self, task: DeliveredTask) -> None:
         assert task.lease_token is not None

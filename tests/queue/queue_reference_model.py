@@ -3,11 +3,13 @@
 Plain lists and dictionaries, linear scans and sorting everywhere, and expiry processed before
 every command whether time moved or not: slow, but each rule reads like the specification.
 It returns the same results and raises the same error classes as `QueueStateMachine`, except
-that its lease tokens are its own (the test pairs them with the real ones).
+that its lease tokens are its own (the test pairs them with the real ones). Batches are what the
+specification says they are: the single commands in turn, an EnqueueMany all or nothing.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from taskraft.errors import (
@@ -29,12 +31,18 @@ from taskraft.errors import (
 )
 from taskraft.queue import (
     Ack,
+    AckMany,
+    AckManyResult,
     Command,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
     Dequeue,
+    DequeuedTasks,
+    DequeueMany,
     Enqueue,
+    EnqueueMany,
+    EnqueueManyResult,
     EnqueueResult,
     Extend,
     Nack,
@@ -132,6 +140,12 @@ class ReferenceModel:
                 return task.deadline
             case Tick():
                 return None
+            case EnqueueMany():
+                return self.enqueue_many(command)
+            case DequeueMany(queue, max_tasks, lease_ms, max_bytes):
+                return self.dequeue_many(queue, max_tasks, lease_ms, max_bytes)
+            case AckMany(task_ids, tokens):
+                return self.ack_many(task_ids, tokens)
         raise BadRequest()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -221,8 +235,8 @@ class ReferenceModel:
             raise QueueNotEmpty()
         del self.queues[name]
 
-    def enqueue(self, command: Enqueue) -> EnqueueResult:
-        queue = self.queue(command.queue)
+    def check_task(self, queue: ModelQueue, command: Enqueue) -> None:
+        """Raise what an enqueue of this task fails with before looking at keys and room."""
         limit = min(command_limit(queue.command.max_payload_bytes), PAYLOAD_MAX)
         if len(command.payload) > limit:
             raise PayloadTooLarge()
@@ -230,9 +244,13 @@ class ReferenceModel:
             raise PriorityOutOfRange()
         if not 0 <= command.delay_ms <= DELAY_MAX_MS:
             raise InvalidArgument()
+        if command.key is not None and not 1 <= len(command.key.encode()) <= 255:
+            raise InvalidArgument()
+
+    def enqueue(self, command: Enqueue) -> EnqueueResult:
+        queue = self.queue(command.queue)
+        self.check_task(queue, command)
         if command.key is not None:
-            if not 1 <= len(command.key.encode()) <= 255:
-                raise InvalidArgument()
             for _, incarnation, key, task_id in self.keys:
                 if (incarnation, key) == (queue.incarnation, command.key):
                     return EnqueueResult(task_id, duplicate=True)
@@ -276,6 +294,63 @@ class ReferenceModel:
             task.task_id, name, task.priority, task.payload, task.deliveries, task.token,
             task.deadline,
         )  # fmt: skip
+
+    def enqueue_many(self, command: EnqueueMany) -> EnqueueManyResult:
+        """The enqueues in turn, all or nothing; a bad task is reported before a lack of room."""
+        queue = self.queue(command.queue)
+        columns = (command.priorities, command.payloads, command.keys, command.delays_ms)
+        if not command.payloads or len({len(column) for column in columns}) != 1:
+            raise InvalidArgument()
+        singles = [Enqueue(command.queue, *task) for task in zip(*columns, strict=True)]
+        for single in singles:
+            self.check_task(queue, single)
+        before = copy.deepcopy(self.__dict__)
+        try:
+            results = [self.enqueue(single) for single in singles]
+        except QueueFull:
+            self.__dict__.update(before)
+            raise
+        return EnqueueManyResult(
+            tuple(result.task_id for result in results),
+            tuple(result.duplicate for result in results),
+        )
+
+    def dequeue_many(
+        self, name: str, max_tasks: int, lease_ms: int | None, max_bytes: int | None
+    ) -> DequeuedTasks:
+        """The dequeues in turn, until `max_tasks`, no ready task, or a task past `max_bytes`."""
+        queue = self.queue(name)
+        if lease_ms is None:
+            lease_ms = queue.command.lease_ms_default
+        elif not 0 <= lease_ms <= LEASE_MAX_MS:
+            raise InvalidArgument()
+        if max_tasks < 1 or (max_bytes is not None and max_bytes < 0):
+            raise InvalidArgument()
+        delivered: list[DeliveredTask] = []
+        while len(delivered) < max_tasks:
+            ready = [task for task in self.tasks if task.queue == name and task.state == "ready"]
+            if not ready:
+                break
+            following = min(ready, key=lambda task: (task.priority, task.order))
+            taken = sum(len(task.payload) for task in delivered)
+            if delivered and max_bytes is not None and taken + len(following.payload) > max_bytes:
+                break
+            task = self.dequeue(name, lease_ms)
+            assert task is not None and task.task_id == following.task_id
+            delivered.append(task)
+        return DequeuedTasks(tuple(delivered), lease_ms)
+
+    def ack_many(self, task_ids: tuple[int, ...], tokens: tuple[int, ...]) -> AckManyResult:
+        """The acks in turn; a failed one is reported with the code of its error."""
+        if not task_ids or len(task_ids) != len(tokens):
+            raise InvalidArgument()
+        failures = []
+        for index, (task_id, token) in enumerate(zip(task_ids, tokens, strict=True)):
+            try:
+                self.tasks.remove(self.leased(task_id, token))
+            except UnknownLease as error:
+                failures.append((index, error.code))
+        return AckManyResult(tuple(failures))
 
 
 def command_limit(value: int | None) -> int:

@@ -10,13 +10,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskraft.errors import BadRequest
+from taskraft.peer import limits as peer_limits
+from taskraft.protocol import limits as protocol_limits
 from taskraft.queue import (
     Ack,
+    AckMany,
     Command,
     CreateQueue,
     DeleteQueue,
     Dequeue,
+    DequeueMany,
     Enqueue,
+    EnqueueMany,
     Extend,
     Nack,
     QueueKind,
@@ -27,10 +32,34 @@ from taskraft.queue import (
     encode_command,
     encode_entry,
 )
+from taskraft.queue.limits import DELAY_MS_MAX, PAYLOAD_SIZE_MAX_BYTES
 
 INTEGERS = st.integers(-(2**63), 2**64 - 1)
 OPTIONAL_INTEGERS = st.none() | INTEGERS
 TEXT = st.text(max_size=300)
+
+
+@st.composite
+def enqueue_many(draw: st.DrawFn) -> EnqueueMany:
+    count = draw(st.integers(0, 6))
+
+    def column(values: st.SearchStrategy[object]) -> tuple[object, ...]:
+        return tuple(draw(st.lists(values, min_size=count, max_size=count)))
+
+    return EnqueueMany(
+        draw(TEXT),
+        column(INTEGERS),  # type: ignore[arg-type]
+        column(st.binary(max_size=300)),  # type: ignore[arg-type]
+        column(st.none() | TEXT),  # type: ignore[arg-type]
+        column(INTEGERS),  # type: ignore[arg-type]
+    )
+
+
+@st.composite
+def ack_many(draw: st.DrawFn) -> AckMany:
+    pairs = draw(st.lists(st.tuples(INTEGERS, INTEGERS), max_size=6))
+    return AckMany(tuple(pair[0] for pair in pairs), tuple(pair[1] for pair in pairs))
+
 
 COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(
@@ -58,6 +87,9 @@ COMMANDS: st.SearchStrategy[Command] = st.one_of(
     st.builds(Nack, INTEGERS, INTEGERS, INTEGERS),
     st.builds(Extend, INTEGERS, INTEGERS, INTEGERS),
     st.just(Tick()),
+    enqueue_many(),
+    st.builds(DequeueMany, TEXT, INTEGERS, OPTIONAL_INTEGERS, OPTIONAL_INTEGERS),
+    ack_many(),
 )
 
 
@@ -76,6 +108,10 @@ def test_the_encoding_is_compact() -> None:
     # name (a 1-byte header and 7 characters) another 8.
     assert len(encode_command(Enqueue("default", 5, b"x" * 100))) == 100 + 8 + 8
     assert encode_command(Tick()) == bytes([0x92, 8, 1])
+    # A batch: array, tag, version and the queue name (11 bytes) and four column headers (3
+    # bytes each), then per task a small priority, a payload header, a nil key and a zero delay.
+    batch = EnqueueMany.of("default", [(5, b"x" * 100, None, 0)] * 100)
+    assert len(encode_command(batch)) == 11 + 4 * 3 + 100 * (1 + 2 + 100 + 1 + 1)
 
 
 @given(st.binary(max_size=200))
@@ -92,7 +128,7 @@ MSGPACK_VALUES = st.recursive(
 )
 
 
-@given(st.integers(1, 8), st.integers(1, 2), st.lists(MSGPACK_VALUES, max_size=10))
+@given(st.integers(1, 11), st.integers(1, 2), st.lists(MSGPACK_VALUES, max_size=10))
 def test_well_formed_msgpack_with_wrong_fields_is_a_bad_request(
     tag: int, version: int, fields: list[object]
 ) -> None:
@@ -109,6 +145,9 @@ def valid_encodings() -> list[bytes]:
         encode_command(Enqueue("q", 1, b"payload", "key", 5)),
         encode_command(CreateQueue("q", "buckets", 1, 2, (0, 3), 4, 5, "dead")),
         encode_command(Ack(1, 2)),
+        encode_command(EnqueueMany.of("q", [(1, b"payload", "key", 5), (-2, b"", None, 0)])),
+        encode_command(DequeueMany("q", 10, None, 4096)),
+        encode_command(AckMany((1, 2), (3, 4))),
         encode_entry(Dequeue("q", None), now_ms=7),
     ]
 
@@ -143,6 +182,24 @@ def test_every_truncation_and_any_trailing_byte_is_a_bad_request(data: bytes) ->
         [True, 1],
         [8, True],
         [8.0, 1],
+        [9, 1, "q", [1], [b""], [None], [0], "extra"],
+        [9, 1, "q", [1], [b""], [None]],  # a column missing
+        [9, 1, "q", [1, 2], [b"", b""], [None], [0, 0]],  # columns of different lengths
+        [9, 1, "q", (1,), b"", [None], [0]],  # bytes where a column belongs
+        [9, 1, "q", [True], [b""], [None], [0]],  # a bool in an integer column
+        [9, 1, "q", [1], [""], [None], [0]],  # a string in the payload column
+        [9, 1, "q", [1], [b""], [b"k"], [0]],  # bytes in the key column
+        [9, 1, "q", [1], [b""], [None], [None]],  # nil in the delay column
+        [9, 1, "q", [[1]], [b""], [None], [0]],  # an array in a column
+        [9, 1, b"q", [1], [b""], [None], [0]],
+        [10, 1, "q", 1, None],
+        [10, 1, "q", None, None, None],  # max_tasks is required
+        [10, 1, "q", 1, 1.5, None],
+        [10, 1, "q", 1, None, "4096"],
+        [11, 1, [1, 2], [3]],
+        [11, 1, [1], [True]],
+        [11, 1, [1]],
+        [11, 1, 1, 2],
     ],
 )
 def test_malformed_commands_are_bad_requests(value: object) -> None:
@@ -187,6 +244,15 @@ def test_malformed_entries_are_bad_requests(value: object) -> None:
         Enqueue("q", 0, b"", "\ud800"),  # a lone surrogate is not UTF-8
         Ack(-(2**63) - 1, 0),
         CreateQueue("q", priority_range=(0, 1, 2)),  # type: ignore[arg-type]
+        EnqueueMany.of("q", [(0, b"", None, 0), (2**64, b"", None, 0)]),
+        EnqueueMany.of("q", [(0, b"", None, True)]),  # a bool is not an integer
+        EnqueueMany.of("q", [(0, bytearray(b"mutable"), None, 0)]),  # type: ignore[list-item]
+        EnqueueMany.of("q", [(0, b"", "\ud800", 0)]),
+        EnqueueMany("q", (0, 1), (b"",), (None,), (0,)),  # columns of different lengths
+        DequeueMany("q", 2**64),
+        DequeueMany("q", 1, None, 1.5),  # type: ignore[arg-type]
+        AckMany((1, 2), (3,)),
+        AckMany((1,), (-(2**63) - 1,)),
     ],
 )
 def test_commands_the_replicas_could_not_decode_are_never_encoded(command: Command) -> None:
@@ -204,3 +270,20 @@ def test_an_entry_needs_an_integer_time() -> None:
 def test_an_object_that_is_not_a_command_is_not_encoded() -> None:
     with pytest.raises(BadRequest):
         encode_command("tick")  # type: ignore[arg-type]
+
+
+def test_the_largest_batches_the_protocol_allows_fit_in_a_log_entry() -> None:
+    # A follower refuses entries past ENTRY_DATA_SIZE_MAX_BYTES, and would refuse them forever.
+    key = "\U0001f600" * (protocol_limits.KEY_MAX_BYTES // 4) + "k" * 3
+    name = "~" * protocol_limits.QUEUE_NAME_MAX_BYTES
+    count = protocol_limits.BATCH_TASKS_MAX
+    size = protocol_limits.BATCH_PAYLOAD_BYTES_MAX // count
+    largest = [
+        EnqueueMany.of(name, [(-(2**63), b"x" * size, key, DELAY_MS_MAX)] * count),
+        EnqueueMany.of(name, [(-(2**63), b"x" * PAYLOAD_SIZE_MAX_BYTES, key, DELAY_MS_MAX)]),
+        AckMany((2**64 - 1,) * count, (2**64 - 1,) * count),
+        DequeueMany(name, 2**63 - 1, 2**63 - 1, 2**63 - 1),
+    ]
+    for command in largest:
+        entry = encode_entry(command, now_ms=2**63 - 1)
+        assert len(entry) < peer_limits.ENTRY_DATA_SIZE_MAX_BYTES // 2 + 4096

@@ -1,9 +1,11 @@
 """Random command sequences, with random time steps (some stamped in the past), applied to the
 state machine and to a naive reference model: every result, error and count must agree, also
-across snapshot round trips in the middle of a sequence."""
+across snapshot round trips in the middle of a sequence. Batches are checked against the model's
+single commands in turn."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 from hypothesis import HealthCheck, settings
@@ -14,12 +16,16 @@ from queue_reference_model import HIGHEST, LOWEST, WINDOW_MS, ReferenceModel
 from taskraft.errors import TaskraftError
 from taskraft.queue import (
     Ack,
+    AckMany,
     Command,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
     Dequeue,
+    DequeuedTasks,
+    DequeueMany,
     Enqueue,
+    EnqueueMany,
     Extend,
     Nack,
     QueueDescription,
@@ -42,6 +48,22 @@ PRIORITIES = st.sampled_from([*range(-3, 4), *range(-3, 4), -4, 4, LOWEST, HIGHE
 DELAYS_MS = st.sampled_from([0, 0, 0, 0, 0, 0, 3, 30, 300, -1])
 LEASES_MS = st.sampled_from([None, None, None, 0, 5, 5, 50, 50, 500, -1])
 KEYS = st.none() | st.sampled_from(["a", "b", "c", ""])
+# The tasks of a batch are mostly valid in every queue, so that most batches apply (one bad task
+# fails the whole batch) and their keys repeat; a few are not, in any field. Each task is one
+# draw from every combination, which keeps generating batches cheap.
+BATCH_TASKS = st.lists(
+    st.sampled_from(
+        list(
+            itertools.product(
+                [-1, 0, 1] * 6 + [-3, 3, LOWEST, HIGHEST + 1],
+                [b"", b"p", b"pq", b"pqr", b"four"],
+                [None, None, "a", "b", "c"] * 4 + [""],
+                [0] * 12 + [3, 30, 300, -1],
+            )
+        )
+    ),
+    max_size=6,
+)
 
 
 CREATE_QUEUE = st.builds(
@@ -112,7 +134,12 @@ class QueueMachineAgainstModel(RuleBasedStateMachine):
             self.compare(command, real_result, model_result)
 
     def compare(self, command: Command, real: object, model: object) -> None:
-        if isinstance(real, QueueDescription):
+        if isinstance(real, DequeuedTasks):
+            assert isinstance(model, DequeuedTasks) and real.lease_ms == model.lease_ms
+            assert len(real.tasks) == len(model.tasks), (command, real, model)
+            for real_task, model_task in zip(real.tasks, model.tasks, strict=True):
+                self.compare(command, real_task, model_task)
+        elif isinstance(real, QueueDescription):
             assert isinstance(command, CreateQueue) and model is None
             assert real.name == command.name and real.counts.total == 0
         elif isinstance(real, DeliveredTask):
@@ -157,6 +184,34 @@ class QueueMachineAgainstModel(RuleBasedStateMachine):
     def dequeue(self, queue: str, lease_ms: int | None, step_ms: int) -> None:
         self.run(Dequeue(queue, lease_ms), step_ms)
 
+    @rule(
+        queue=QUEUE_NAMES,
+        # Short batches, so that keys repeat within one; now and then an empty one (refused).
+        tasks=BATCH_TASKS,
+        step_ms=TIME_STEPS,
+    )
+    def enqueue_many(
+        self, queue: str, tasks: list[tuple[int, bytes, str | None, int]], step_ms: int
+    ) -> None:
+        self.run(EnqueueMany.of(queue, tasks), step_ms)
+
+    @rule(
+        queue=QUEUE_NAMES,
+        max_tasks=st.sampled_from([1, 2, 3, 3, 5, 5, 100, 0]),
+        lease_ms=LEASES_MS,
+        max_bytes=st.sampled_from([None, None, None, 0, 1, 2, 3, 4, 6, -1]),
+        step_ms=TIME_STEPS,
+    )
+    def dequeue_many(
+        self,
+        queue: str,
+        max_tasks: int,
+        lease_ms: int | None,
+        max_bytes: int | None,
+        step_ms: int,
+    ) -> None:
+        self.run(DequeueMany(queue, max_tasks, lease_ms, max_bytes), step_ms)
+
     @precondition(lambda self: self.leases)
     @rule(
         data=st.data(),
@@ -182,6 +237,24 @@ class QueueMachineAgainstModel(RuleBasedStateMachine):
             ),
         }
         self.run_lease_command(*commands[action], step_ms)
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        data=st.data(),
+        count=st.integers(1, 4),
+        unknown=st.booleans(),
+        step_ms=TIME_STEPS,
+    )
+    def ack_many(self, data: st.DataObject, count: int, unknown: bool, step_ms: int) -> None:
+        recent = self.leases[-4:]
+        leases = [
+            data.draw(st.sampled_from(recent) | st.sampled_from(self.leases)) for _ in range(count)
+        ]
+        if unknown:  # a task that never was
+            leases.insert(data.draw(st.integers(0, count)), (10**9, 1, 1))
+        real = AckMany(tuple(lease[0] for lease in leases), tuple(lease[1] for lease in leases))
+        model = AckMany(tuple(lease[0] for lease in leases), tuple(lease[2] for lease in leases))
+        self.run_lease_command(real, model, step_ms)
 
     def run_lease_command(self, real_command: Command, model_command: Command, step: int) -> None:
         """Like `run`, for commands whose lease token differs between the two sides."""

@@ -16,15 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from served_cluster import DEADLINE_SECONDS, ServedCluster
+from served_cluster import DEADLINE_SECONDS, ServedCluster, wait_for
 
 from taskraft.client import AsyncClient, Client, QueueCounts, Task
+from taskraft.client.async_client import EnqueueItem
 from taskraft.errors import (
     InvalidArgument,
+    PriorityOutOfRange,
     QueueAlreadyExists,
+    QueueFull,
     QueueNotFound,
     UnknownLease,
 )
+from taskraft.protocol import BATCH_PAYLOAD_BYTES_MAX, BATCH_TASKS_MAX, PAYLOAD_SIZE_MAX_BYTES
+from taskraft.queue import Command, CommandResult, EnqueueManyResult
+from taskraft.queue import EnqueueMany as EnqueueManyCommand
 
 TEST_SECONDS = 9.0
 
@@ -256,3 +262,217 @@ def test_the_sync_client_works_from_plain_synchronous_code(tmp_path: Path) -> No
             client.count("jobs")
         client.close()  # idempotent
     assert set(threading.enumerate()) <= threads_before
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+def count_submits(cluster: ServedCluster) -> list[Command]:
+    """The commands the leader's replica is given from now on, in order."""
+    replica = cluster.router.replicas[cluster.leader_id()]  # type: ignore[index]
+    submitted: list[Command] = []
+    submit = replica.submit
+
+    async def counting(command: Command) -> CommandResult:
+        submitted.append(command)
+        return await submit(command)
+
+    replica.submit = counting  # type: ignore[method-assign]
+    return submitted
+
+
+def test_enqueue_many_dequeue_many_and_ack_many(tmp_path: Path) -> None:
+    async def test(cluster: ServedCluster) -> None:
+        async with fast_client([cluster.follower_address()]) as client:
+            await client.create_queue("jobs", priority_range=(0, 9))
+            submitted = count_submits(cluster)
+            ids = await client.enqueue_many(
+                "jobs",
+                [
+                    b"plain",
+                    (b"urgent", 0),
+                    EnqueueItem(payload=b"keyed", priority=3, key="order-1"),
+                    EnqueueItem(payload=b"later", priority=0, delay_ms=60_000),
+                    bytearray(b"mutable"),
+                ],
+                priority=5,
+            )
+            assert len(set(ids)) == 5
+            # One request, one command, one log entry for the whole batch.
+            [command] = submitted
+            assert isinstance(command, EnqueueManyCommand)
+            assert command.priorities == (5, 0, 3, 0, 5)
+            assert command.delays_ms == (0, 0, 0, 60_000, 0)
+            assert all(key is not None for key in command.keys)
+            assert await client.count("jobs") == QueueCounts(ready=4, delayed=1, leased=0)
+            # The same key again answers the first task's id.
+            again = await client.enqueue_many(
+                "jobs", [EnqueueItem(payload=b"", priority=9, key="order-1")]
+            )
+            assert again == [ids[2]]
+
+            tasks = await client.dequeue_many("jobs", 10, lease_ms=60_000)
+            assert [task.payload for task in tasks] == [b"urgent", b"keyed", b"plain", b"mutable"]
+            assert [task.id for task in tasks] == [ids[1], ids[2], ids[0], ids[4]]
+            assert all(task.lease_ms == 60_000 and task.deliveries == 1 for task in tasks)
+            assert all(task.queue == "jobs" and task.lease is not None for task in tasks)
+            assert await client.dequeue_many("jobs", 10) == []
+
+            first, second, *rest = tasks
+            await client.ack(first)
+            stale = Task(
+                id=second.id, priority=0, payload=b"", deliveries=1, lease=second.lease + 1,  # type: ignore[operator]
+                queue="jobs", lease_ms=None,
+            )  # fmt: skip
+            failures = await client.ack_many([first, second, stale, *rest])
+            assert [(task, type(error)) for task, error in failures] == [
+                (first, UnknownLease),
+                (stale, UnknownLease),
+            ]
+            assert str(first.id) in failures[0][1].message
+            assert await client.count("jobs") == QueueCounts(ready=0, delayed=1, leased=0)
+            assert await client.ack_many([]) == []
+            with pytest.raises(ValueError, match="without a lease"):
+                await client.ack_many([Task(1, 0, b"", 1, None, "jobs", None)])
+
+    run(test, tmp_path)
+
+
+def test_a_retried_enqueue_many_does_not_add_its_tasks_twice(tmp_path: Path) -> None:
+    async def test(cluster: ServedCluster) -> None:
+        async with fast_client([cluster.leader_address()]) as client:
+            replica = cluster.router.replicas[cluster.leader_id()]  # type: ignore[index]
+            submit = replica.submit
+            applied: list[CommandResult] = []
+
+            async def losing_the_first_answer(command: Command) -> CommandResult:
+                result = await submit(command)
+                if isinstance(command, EnqueueManyCommand):
+                    applied.append(result)
+                    if len(applied) == 1:
+                        # The batch is applied; its answer is lost with the connection.
+                        assert client._connection is not None
+                        client._connection.close("cut by the test")
+                return result
+
+            replica.submit = losing_the_first_answer  # type: ignore[method-assign]
+            ids = await client.enqueue_many("default", [b"a", b"b", (b"c", -1)])
+            first, second = applied
+            assert isinstance(first, EnqueueManyResult) and not any(first.duplicates)
+            # The client sent the same batch again: every task a duplicate of the first ones.
+            assert second == EnqueueManyResult(first.task_ids, (True, True, True))
+            assert ids == list(first.task_ids)
+            assert await client.count("default") == QueueCounts(ready=3, delayed=0, leased=0)
+            tasks = await client.dequeue_many("default", 10, lease_ms=0)
+            assert [task.payload for task in tasks] == [b"c", b"a", b"b"]
+
+    run(test, tmp_path)
+
+
+def test_a_waiting_dequeue_many_gets_the_tasks_of_a_later_batch_at_once(tmp_path: Path) -> None:
+    async def test(cluster: ServedCluster) -> None:
+        listener = cluster.leader_listener()
+        async with (
+            fast_client([cluster.leader_address()]) as worker,
+            fast_client([cluster.leader_address()]) as producer,
+        ):
+            assert await worker.dequeue_many("default", 5, wait_ms=50) == []
+            assert listener.long_polls_waiting == 0
+            waiting = asyncio.create_task(worker.dequeue_many("default", 5, wait_ms=5_000))
+            await wait_for(lambda: listener.long_polls_waiting == 1, "waiting dequeue_many")
+            await producer.enqueue_many("default", [f"task {index}".encode() for index in range(8)])
+            tasks = await waiting
+            assert [task.payload for task in tasks] == [
+                f"task {index}".encode() for index in range(5)
+            ]
+            await wait_for(lambda: listener.long_polls_waiting == 0, "end of the wait")
+            assert await worker.count("default") == QueueCounts(ready=3, delayed=0, leased=5)
+
+    run(test, tmp_path)
+
+
+def test_large_batches_are_split_into_requests_within_the_bounds(tmp_path: Path) -> None:
+    async def test(cluster: ServedCluster) -> None:
+        async with fast_client([cluster.leader_address()]) as client:
+            submitted = count_submits(cluster)
+            many = [index.to_bytes(2, "big") for index in range(2 * BATCH_TASKS_MAX + 500)]
+            ids = await client.enqueue_many("default", many)
+            assert len(ids) == len(many) == len(set(ids))
+            assert [len(command.payloads) for command in submitted] == [1000, 1000, 500]  # type: ignore[union-attr]
+
+            tasks = await client.dequeue_many("default", len(many) + 10, lease_ms=60_000)
+            assert [task.payload for task in tasks] == many
+            assert await client.ack_many(tasks) == []
+            assert [type(command).__name__ for command in submitted[3:]] == [
+                "DequeueMany", "DequeueMany", "DequeueMany", "AckMany", "AckMany", "AckMany",
+            ]  # fmt: skip
+
+            # Payloads: at most 640 KiB a request, and a larger task alone.
+            submitted.clear()
+            big = b"b" * (BATCH_PAYLOAD_BYTES_MAX // 2)
+            huge = b"h" * PAYLOAD_SIZE_MAX_BYTES
+            await client.enqueue_many("default", [big, big, b"s", huge, big])
+            assert [command.payloads for command in submitted] == [  # type: ignore[union-attr]
+                (big, big),
+                (b"s",),
+                (huge,),
+                (big,),
+            ]
+            # An answer stops at 640 KiB of payloads, but always carries one task.
+            answers = [await client.dequeue_many("default", 10) for _ in range(5)]
+            assert [[task.payload for task in tasks] for tasks in answers] == [
+                [big, big],
+                [b"s"],
+                [huge],
+                [big],
+                [],
+            ]
+
+    run(test, tmp_path)
+
+
+def test_batch_errors(tmp_path: Path) -> None:
+    async def test(cluster: ServedCluster) -> None:
+        async with fast_client([cluster.leader_address()]) as client:
+            await client.create_queue("small", max_size=2, priority_range=(0, 1))
+            with pytest.raises(QueueNotFound):
+                await client.enqueue_many("missing", [b"x"])
+            with pytest.raises(QueueFull):
+                await client.enqueue_many("small", [b"1", b"2", b"3"])
+            with pytest.raises(PriorityOutOfRange, match=r"tasks\[1\]"):
+                await client.enqueue_many("small", [b"1", (b"2", 5)])
+            assert await client.count("small") == QueueCounts(ready=0, delayed=0, leased=0)
+            # Refused before anything is sent, even when the batch takes several requests.
+            submitted = count_submits(cluster)
+            with pytest.raises(InvalidArgument, match=r"args\.tasks\[0\]\.delay_ms"):
+                await client.enqueue_many("small", [b"x"] * 1500 + [b"y"], delay_ms=-1)
+            with pytest.raises(PriorityOutOfRange, match=r"args\.tasks\[500\]\.priority"):
+                await client.enqueue_many("small", [b"x"] * 1500 + [(b"y", 2**63)])
+            with pytest.raises(TypeError, match="not str"):
+                await client.enqueue_many("small", ["text"])  # type: ignore[list-item]
+            with pytest.raises(InvalidArgument, match=r"args\.max_tasks"):
+                await client.dequeue_many("small", 0)
+            assert submitted == []
+            # A failure after earlier requests says what was enqueued.
+            with pytest.raises(QueueFull) as raised:
+                await client.enqueue_many("small", [b"a" * (BATCH_PAYLOAD_BYTES_MAX // 2)] * 4)
+            assert (
+                "the first 2 tasks of this enqueue_many were enqueued" in raised.value.__notes__[0]
+            )
+            assert await client.count("small") == QueueCounts(ready=2, delayed=0, leased=0)
+
+    run(test, tmp_path)
+
+
+def test_the_sync_client_has_the_batches_too(tmp_path: Path) -> None:
+    with (
+        ClusterThread(tmp_path) as cluster,
+        Client(servers=[cluster.leader], request_timeout_s=DEADLINE_SECONDS) as client,
+    ):
+        ids = client.enqueue_many("default", [(b"b", 1), (b"a", 0)])
+        tasks = client.dequeue_many("default", 5, wait_ms=20)
+        assert [task.id for task in tasks] == [ids[1], ids[0]]
+        failures = client.ack_many([tasks[0], tasks[1], tasks[0]])
+        assert [(task, type(error)) for task, error in failures] == [(tasks[0], UnknownLease)]
+        assert client.dequeue_many("default", 5) == []
+        assert client.count("default") == QueueCounts(ready=0, delayed=0, leased=0)

@@ -14,8 +14,8 @@ Exit statuses, the same for every command:
   no server answered.
 - 2 (`EXIT_USAGE`): bad command line (argparse's own status), including a bad `--servers` or
   `TASKRAFT_SERVERS`.
-- 3 (`EXIT_NO_TASK`): `dequeue` found no task (within `--wait-ms`), so a script can tell an
-  empty queue from a failure.
+- 3 (`EXIT_NO_TASK`): `dequeue` or `dequeue-many` found no task (within `--wait-ms`), so a
+  script can tell an empty queue from a failure.
 - 130 (`EXIT_INTERRUPTED`): interrupted by Ctrl-C.
 """
 
@@ -58,8 +58,8 @@ _HELP_WIDTH = 88
 
 _EXIT_STATUS_HELP = (
     f"exit status: {EXIT_OK} done, {EXIT_ERROR} error from the cluster or no server reachable, "
-    f"{EXIT_USAGE} bad usage,\n{EXIT_NO_TASK} dequeue found no task, {EXIT_INTERRUPTED} "
-    "interrupted. Client options go after the command name."
+    f"{EXIT_USAGE} bad usage,\n{EXIT_NO_TASK} dequeue or dequeue-many found no task, "
+    f"{EXIT_INTERRUPTED} interrupted. Client options go after the command name."
 )
 
 
@@ -100,6 +100,13 @@ def _non_negative_integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_integer(text: str) -> int:
+    value = _non_negative_integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
     return value
 
 
@@ -370,6 +377,94 @@ def register_client_commands(subparsers: SubParsers) -> None:
         ),
     )
 
+    enqueue_many = _add_command(
+        subparsers,
+        "enqueue-many",
+        summary="add one task per line of input; prints their ids",
+        description=(
+            "Add one task per line of FILE (default: standard input) to a queue, in order, and "
+            "print their ids, one per line. A line's bytes without its line ending are the "
+            "payload; empty lines are skipped. The tasks travel in batches of up to 1000 tasks "
+            "and 640 KiB, each added whole or not at all; if one fails, the tasks of the "
+            "batches before it stay enqueued. Every task gets a fresh idempotency key, so a "
+            "batch retried after a lost answer is not added twice."
+        ),
+        examples=(
+            "  seq 1 100 | taskraft enqueue-many jobs\n"
+            "  taskraft enqueue-many jobs urls.txt --priority 2\n"
+            "  taskraft enqueue-many jobs --json < lines.txt | jq '.task_ids | length'"
+        ),
+        operation=_enqueue_many,
+        parents=parents,
+    )
+    enqueue_many.add_argument("queue", metavar="QUEUE", help="the queue's name")
+    enqueue_many.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default="-",
+        help="the file to read, one payload per line; '-' for standard input (default)",
+    )
+    enqueue_many.add_argument(
+        "--priority",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the priority of every task; lower is served first (default: %(default)s)",
+    )
+    enqueue_many.add_argument(
+        "--delay-ms",
+        type=_non_negative_integer,
+        default=0,
+        metavar="MS",
+        help="the tasks become ready this many milliseconds from now (default: %(default)s)",
+    )
+
+    dequeue_many = _add_command(
+        subparsers,
+        "dequeue-many",
+        summary="take up to N tasks from a queue",
+        description=(
+            "Take up to --max-tasks ready tasks, lowest priority first, and print one row per "
+            "task: id, priority, deliveries, lease and payload (as text if it is valid, "
+            "printable UTF-8, else as a Python bytes literal). Fewer tasks may come than asked "
+            "when the answer reaches 640 KiB of payloads. When no task came, prints 'no task' "
+            f"and exits with {EXIT_NO_TASK}."
+        ),
+        examples=(
+            "  taskraft dequeue-many jobs --max-tasks 100\n"
+            "  taskraft dequeue-many jobs --max-tasks 10 --wait-ms 5000 --lease-ms 60000\n"
+            "  taskraft dequeue-many jobs --max-tasks 50 --json | jq -r '.[].id'"
+        ),
+        operation=_dequeue_many,
+        parents=parents,
+    )
+    dequeue_many.add_argument("queue", metavar="QUEUE", help="the queue's name")
+    dequeue_many.add_argument(
+        "--max-tasks",
+        type=_positive_integer,
+        required=True,
+        metavar="N",
+        help="the most tasks to take (more than 1000 are asked in several requests)",
+    )
+    dequeue_many.add_argument(
+        "--wait-ms",
+        type=_non_negative_integer,
+        default=0,
+        metavar="MS",
+        help="wait up to this long for a task when none is ready (default: %(default)s)",
+    )
+    dequeue_many.add_argument(
+        "--lease-ms",
+        type=_non_negative_integer,
+        default=None,
+        metavar="MS",
+        help=(
+            "how long the tasks stay leased before they are delivered again (default: the "
+            "queue's); 0 takes them without a lease: they are gone once delivered"
+        ),
+    )
+
     ack = _add_command(
         subparsers,
         "ack",
@@ -548,6 +643,24 @@ def _payload_text(payload: bytes) -> str:
         return repr(payload)
 
 
+def _payload_cell(payload: bytes) -> str:
+    """The payload as one table cell: text when it is printable UTF-8, else a bytes literal."""
+    text = _payload_text(payload)
+    return text if text.isprintable() else repr(payload)
+
+
+def _task_json(task: Task) -> dict[str, object]:
+    return {
+        "id": task.id,
+        "queue": task.queue,
+        "priority": task.priority,
+        "deliveries": task.deliveries,
+        "lease": task.lease,
+        "lease_ms": task.lease_ms,
+        "payload_base64": base64.b64encode(task.payload).decode("ascii"),
+    }
+
+
 def _settled_task(arguments: argparse.Namespace) -> Task:
     """A `Task` naming the task and lease of the command line, for ack, nack and extend.
 
@@ -677,17 +790,7 @@ async def _dequeue(client: AsyncClient, arguments: argparse.Namespace) -> int:
             print("no task")
         return EXIT_NO_TASK
     if arguments.json_output:
-        _print_json(
-            {
-                "id": task.id,
-                "queue": task.queue,
-                "priority": task.priority,
-                "deliveries": task.deliveries,
-                "lease": task.lease,
-                "lease_ms": task.lease_ms,
-                "payload_base64": base64.b64encode(task.payload).decode("ascii"),
-            }
-        )
+        _print_json(_task_json(task))
         return EXIT_OK
     lease = "none (taken without a lease)" if task.lease is None else str(task.lease)
     print(f"id: {task.id}")
@@ -698,6 +801,57 @@ async def _dequeue(client: AsyncClient, arguments: argparse.Namespace) -> int:
     print(f"lease ms: {_or_dash(task.lease_ms)}")
     print(f"payload: {_payload_text(task.payload)}")
     return EXIT_OK
+
+
+def _read_lines(path: str) -> list[bytes]:
+    """The non-empty lines of a file ('-': standard input), as bytes without line endings."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as file:
+            data = file.read()
+    return [line for line in data.splitlines() if line]
+
+
+async def _enqueue_many(client: AsyncClient, arguments: argparse.Namespace) -> int:
+    payloads = _read_lines(arguments.file)
+    task_ids = await client.enqueue_many(
+        arguments.queue, payloads, priority=arguments.priority, delay_ms=arguments.delay_ms
+    )
+    if arguments.json_output:
+        _print_json({"queue": arguments.queue, "task_ids": task_ids})
+    else:
+        for task_id in task_ids:
+            print(task_id)
+    return EXIT_OK
+
+
+async def _dequeue_many(client: AsyncClient, arguments: argparse.Namespace) -> int:
+    tasks = await client.dequeue_many(
+        arguments.queue,
+        arguments.max_tasks,
+        wait_ms=arguments.wait_ms,
+        lease_ms=arguments.lease_ms,
+    )
+    if arguments.json_output:
+        _print_json([_task_json(task) for task in tasks])
+    elif not tasks:
+        print("no task")
+    else:
+        _print_table(
+            ("ID", "PRIORITY", "DELIVERIES", "LEASE", "PAYLOAD"),
+            [
+                (
+                    str(task.id),
+                    str(task.priority),
+                    str(task.deliveries),
+                    _or_dash(task.lease),
+                    _payload_cell(task.payload),
+                )
+                for task in tasks
+            ],
+        )
+    return EXIT_OK if tasks else EXIT_NO_TASK
 
 
 async def _ack(client: AsyncClient, arguments: argparse.Namespace) -> int:

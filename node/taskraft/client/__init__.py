@@ -8,6 +8,14 @@ answers are raised as the matching class of `taskraft.errors`.
 
 from taskraft.client.async_client import AsyncClient, Task
 from taskraft.client.sync_client import Client
-from taskraft.protocol import QueueCounts, QueueDescription, QueuePolicies
+from taskraft.protocol import EnqueueItem, QueueCounts, QueueDescription, QueuePolicies
 
-__all__ = ["AsyncClient", "Client", "QueueCounts", "QueueDescription", "QueuePolicies", "Task"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "EnqueueItem",
+    "QueueCounts",
+    "QueueDescription",
+    "QueuePolicies",
+    "Task",
+]

@@ -13,8 +13,13 @@ When a request is sent again (docs/protocol.md, "Retrying safely"):
 - no connection could be made, so nothing was sent: always.
 - the connection was lost, no answer came in time, or `unavailable` was answered: only for
   reads and for writes that cannot take effect twice (`create_queue`, `delete_queue`,
-  `dequeue`, and `enqueue`, which always carries an idempotency key). `ack`, `nack` and
-  `extend` raise `Unavailable` instead: whether they took effect is unknown.
+  `dequeue` and `dequeue_many`, and `enqueue` and `enqueue_many`, whose every task carries an
+  idempotency key). `ack`, `ack_many`, `nack` and `extend` raise `Unavailable` instead:
+  whether they took effect is unknown.
+
+Batches (`enqueue_many`, `dequeue_many`, `ack_many`) larger than the protocol's bounds
+(BATCH_TASKS_MAX tasks, BATCH_PAYLOAD_BYTES_MAX bytes of payloads) are split into several
+requests, sent one after the other so that the tasks keep their order.
 
 Attempts back off exponentially with jitter, and a call gives up with `Unavailable` once its
 deadline (`request_timeout_s`, plus `wait_ms` for a dequeue) has passed.
@@ -27,25 +32,41 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
 from taskraft.addresses import parse_address
-from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.errors import (
+    NotLeader,
+    Overloaded,
+    TaskraftError,
+    Unavailable,
+    UnknownLease,
+    error_from_code,
+)
 from taskraft.peer.backoff import ReconnectBackoff
 from taskraft.protocol import (
+    BATCH_PAYLOAD_BYTES_MAX,
+    BATCH_TASKS_MAX,
     Ack,
+    AckedMany,
+    AckMany,
     ClientConnection,
     ConnectionClosed,
     Count,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
+    DeliveredTasks,
     Dequeue,
+    DequeueMany,
     Enqueue,
     Enqueued,
+    EnqueuedMany,
+    EnqueueItem,
+    EnqueueMany,
     Extend,
     HandshakeAccepted,
     ListQueues,
@@ -56,6 +77,7 @@ from taskraft.protocol import (
     QueueCounts,
     QueueDescription,
     QueuePage,
+    Request,
     Response,
     Status,
     TaskLease,
@@ -89,6 +111,22 @@ class Task:
         if self.lease is None:
             raise ValueError(f"task {self.id} was delivered without a lease: nothing to settle")
         return TaskLease(task_id=self.id, lease=self.lease)
+
+    @classmethod
+    def _delivered(cls, delivered: DeliveredTask) -> Task:
+        return cls(
+            id=delivered.task_id,
+            priority=delivered.priority,
+            payload=delivered.payload,
+            deliveries=delivered.deliveries,
+            lease=delivered.lease,
+            queue=delivered.queue,
+            lease_ms=delivered.lease_ms,
+        )
+
+
+EnqueueItems = Iterable[bytes | tuple[bytes, int] | EnqueueItem]
+"""What `enqueue_many` takes: payloads, (payload, priority) pairs or `EnqueueItem`s, mixed."""
 
 
 class _NotSent(Exception):
@@ -352,16 +390,91 @@ class AsyncClient:
         )
         if result is None:
             return None
-        delivered = _expect(result, DeliveredTask)
-        return Task(
-            id=delivered.task_id,
-            priority=delivered.priority,
-            payload=delivered.payload,
-            deliveries=delivered.deliveries,
-            lease=delivered.lease,
-            queue=delivered.queue,
-            lease_ms=delivered.lease_ms,
+        return Task._delivered(_expect(result, DeliveredTask))
+
+    async def enqueue_many(
+        self, queue: str, items: EnqueueItems, *, priority: int = 0, delay_ms: int = 0
+    ) -> list[int]:
+        """Add tasks, in order, and return their ids in the same order.
+
+        An item is a payload (taking `priority` and `delay_ms`), a (payload, priority) pair, or
+        an `EnqueueItem` with a key and a delay of its own. Items without a key get a generated
+        one, so a retried request never adds a task twice; a key that names a task enqueued
+        before (or earlier in the same call) returns that task's id, as `enqueue` does.
+
+        The tasks travel in as few requests as the protocol allows (1000 tasks and 640 KiB of
+        payloads each, or one larger task), one after the other. Each request adds all of its
+        tasks or none: when one fails, its error is raised, and the tasks of the requests before
+        it stay enqueued (the error's note says how many). Every item is checked before the
+        first request is sent.
+        """
+        return await self._enqueue_batches(
+            enqueue_many_requests(queue, items, priority=priority, delay_ms=delay_ms)
         )
+
+    async def _enqueue_batches(self, operations: Sequence[EnqueueMany]) -> list[int]:
+        task_ids: list[int] = []
+        for operation in operations:
+            try:
+                result = await self._call(operation, resend_if_sent=True)
+            except TaskraftError as error:
+                if task_ids:
+                    error.add_note(
+                        f"the first {len(task_ids)} tasks of this enqueue_many were enqueued "
+                        f"in earlier requests: ids {task_ids[0]} to {task_ids[-1]}"
+                    )
+                raise
+            task_ids.extend(_expect(result, EnqueuedMany).task_ids)
+        return task_ids
+
+    async def dequeue_many(
+        self, queue: str, max_tasks: int, *, wait_ms: int = 0, lease_ms: int | None = None
+    ) -> list[Task]:
+        """Up to `max_tasks` ready tasks in the order the queue serves them, waiting up to
+        `wait_ms` for one when none is ready; an empty list when none came.
+
+        `lease_ms` as for `dequeue`. An answer stops before a task that would take its payloads
+        past 640 KiB (but always holds one task), so fewer than `max_tasks` tasks may come
+        even though more are ready. More than 1000 tasks are asked in several requests, the
+        next one only while the previous one came back full.
+        """
+        tasks: list[Task] = []
+        while True:
+            asked = min(max_tasks - len(tasks), BATCH_TASKS_MAX)
+            wait = 0 if tasks else wait_ms
+            operation = DequeueMany(queue=queue, max_tasks=asked, wait_ms=wait, lease_ms=lease_ms)
+            result = await self._call(
+                operation, resend_if_sent=lease_ms != 0, extra_time_s=wait / 1000
+            )
+            delivered = _expect(result, DeliveredTasks).tasks
+            tasks.extend(Task._delivered(task) for task in delivered)
+            if len(delivered) < asked or len(tasks) >= max_tasks:
+                return tasks
+
+    async def ack_many(self, tasks: Iterable[Task]) -> list[tuple[Task, TaskraftError]]:
+        """Acknowledge tasks, each on its own: return those not acknowledged, each with the
+        error it met (UnknownLease: its lease had ended), or an empty list when all were.
+
+        Up to 1000 tasks go in one request. As for `ack`, an answer that does not come raises
+        Unavailable, since whether the acks took effect is unknown; the tasks of the requests
+        before it were settled (the error's note says how many).
+        """
+        settled = list(tasks)
+        leases = [task._task_lease() for task in settled]
+        failures: list[tuple[Task, TaskraftError]] = []
+        for start in range(0, len(leases), BATCH_TASKS_MAX):
+            operation = AckMany(tasks=tuple(leases[start : start + BATCH_TASKS_MAX]))
+            try:
+                result = await self._call(operation, resend_if_sent=False)
+            except TaskraftError as error:
+                if start:
+                    error.add_note(f"the first {start} tasks of this ack_many were settled")
+                raise
+            for index, code in enumerate(_expect(result, AckedMany).errors):
+                if code is not None:
+                    task = settled[start + index]
+                    failures.append((task, _ack_error(task, code)))
+        return failures
 
     async def ack(self, task: Task) -> None:
         """The task is done. UnknownLease: the lease had ended (it may be redelivered)."""
@@ -512,10 +625,82 @@ class AsyncClient:
             raise _NotSent("no server could be reached: " + "; ".join(failures))
 
 
+def enqueue_many_requests(
+    queue: str, items: EnqueueItems, *, priority: int = 0, delay_ms: int = 0
+) -> list[EnqueueMany]:
+    """The `enqueue_many` requests that carry `items` (see `AsyncClient.enqueue_many`), every
+    task keyed, each request within the protocol's bounds; checked as the server will check
+    them (raising the same errors), so that a bad item fails before anything is sent."""
+    # One random prefix per call and the item's position: unique keys at the cost of one UUID.
+    prefix = uuid.uuid4().hex
+    operations: list[EnqueueMany] = []
+    batch: list[EnqueueItem] = []
+    batch_bytes = 0
+    for index, item in enumerate(items):
+        task = _enqueue_item(item, priority, delay_ms, f"{prefix}-{index}")
+        size = len(task.payload)
+        if batch and (
+            len(batch) == BATCH_TASKS_MAX or batch_bytes + size > BATCH_PAYLOAD_BYTES_MAX
+        ):
+            operations.append(EnqueueMany(queue=queue, tasks=tuple(batch)))
+            batch, batch_bytes = [], 0
+        batch.append(task)
+        batch_bytes += size
+    if batch:
+        operations.append(EnqueueMany(queue=queue, tasks=tuple(batch)))
+    if len(operations) > 1:
+        # A single request is checked as it is sent, before anything else is.
+        for operation in operations:
+            Request.from_wire(Request(request_id=0, operation=operation).to_wire())
+    return operations
+
+
+def _enqueue_item(
+    item: bytes | tuple[bytes, int] | EnqueueItem, priority: int, delay_ms: int, key: str
+) -> EnqueueItem:
+    if isinstance(item, EnqueueItem):
+        if item.key is not None:
+            return item
+        return EnqueueItem(
+            payload=item.payload, priority=item.priority, key=key, delay_ms=item.delay_ms
+        )
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            raise TypeError(f"an item tuple is (payload, priority), not {len(item)} values")
+        payload, priority = item
+    else:
+        payload = item
+    if isinstance(payload, bytearray | memoryview):
+        payload = bytes(payload)
+    if not isinstance(payload, bytes):
+        raise TypeError(
+            "an item is a payload (bytes), a (payload, priority) pair or an EnqueueItem, "
+            f"not {type(payload).__name__}"
+        )
+    return EnqueueItem(payload=payload, priority=priority, key=key, delay_ms=delay_ms)
+
+
+def _ack_error(task: Task, code: int) -> TaskraftError:
+    """The error of a task's ack that an `ack_many` answered with `code`."""
+    if code == UnknownLease.code:
+        return UnknownLease(
+            f"task {task.id} has no lease {task.lease}: it was acknowledged, or the lease "
+            "expired and the task may have been delivered again"
+        )
+    return error_from_code(code, f"task {task.id} was not acknowledged")
+
+
 def _expect(value: object, expected: type[_T]) -> _T:
     if not isinstance(value, expected):
         raise TaskraftError(f"expected {expected.__name__} from the server, got {value!r}")
     return value
 
 
-__all__ = ["AsyncClient", "Task", "parse_address"]
+__all__ = [
+    "AsyncClient",
+    "EnqueueItem",
+    "EnqueueItems",
+    "Task",
+    "enqueue_many_requests",
+    "parse_address",
+]

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_futures
 from types import TracebackType
 from typing import Any, TypeVar
 
-from taskraft.client.async_client import AsyncClient, Task
-from taskraft.protocol import NodeStatus, QueueCounts, QueueDescription
+from taskraft.client.async_client import (
+    AsyncClient,
+    EnqueueItems,
+    Task,
+    enqueue_many_requests,
+)
+from taskraft.errors import TaskraftError
+from taskraft.protocol import BATCH_TASKS_MAX, NodeStatus, QueueCounts, QueueDescription
 
 _T = TypeVar("_T")
 
@@ -139,8 +145,34 @@ class Client:
             self._client.dequeue(queue, wait_ms=wait_ms, lease_ms=lease_ms), wait_ms / 1000
         )
 
+    def enqueue_many(
+        self, queue: str, items: EnqueueItems, *, priority: int = 0, delay_ms: int = 0
+    ) -> list[int]:
+        # Split here, so that the wait covers every request's own deadline.
+        operations = enqueue_many_requests(queue, items, priority=priority, delay_ms=delay_ms)
+        return self._call(
+            self._client._enqueue_batches(operations),
+            self._client.request_timeout_s * max(len(operations) - 1, 0),
+        )
+
+    def dequeue_many(
+        self, queue: str, max_tasks: int, *, wait_ms: int = 0, lease_ms: int | None = None
+    ) -> list[Task]:
+        requests = max(-(-max_tasks // BATCH_TASKS_MAX), 1)
+        return self._call(
+            self._client.dequeue_many(queue, max_tasks, wait_ms=wait_ms, lease_ms=lease_ms),
+            wait_ms / 1000 + self._client.request_timeout_s * (requests - 1),
+        )
+
     def ack(self, task: Task) -> None:
         self._call(self._client.ack(task))
+
+    def ack_many(self, tasks: Iterable[Task]) -> list[tuple[Task, TaskraftError]]:
+        settled = list(tasks)
+        requests = max(-(-len(settled) // BATCH_TASKS_MAX), 1)
+        return self._call(
+            self._client.ack_many(settled), self._client.request_timeout_s * (requests - 1)
+        )
 
     def nack(self, task: Task, *, delay_ms: int = 0) -> None:
         self._call(self._client.nack(task, delay_ms=delay_ms))

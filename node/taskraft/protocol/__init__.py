@@ -24,6 +24,8 @@ from taskraft.protocol.connection import (
 from taskraft.protocol.exceptions import LocalProtocolError, ProtocolError, RemoteProtocolError
 from taskraft.protocol.framing import END_OF_STREAM, EndOfStream, Frame, FrameDecoder, encode_frame
 from taskraft.protocol.limits import (
+    BATCH_PAYLOAD_BYTES_MAX,
+    BATCH_TASKS_MAX,
     FRAME_SIZE_MAX_BYTES,
     PAYLOAD_SIZE_MAX_BYTES,
     PROTOCOL_VERSION,
@@ -34,13 +36,20 @@ from taskraft.protocol.limits import (
 from taskraft.protocol.schema import (
     OPERATIONS,
     Ack,
+    AckedMany,
+    AckMany,
     Count,
     CreateQueue,
     DeleteQueue,
     DeliveredTask,
+    DeliveredTasks,
     Dequeue,
+    DequeueMany,
     Enqueue,
     Enqueued,
+    EnqueuedMany,
+    EnqueueItem,
+    EnqueueMany,
     ErrorFrame,
     Extend,
     Handshake,
@@ -63,6 +72,8 @@ from taskraft.protocol.schema import (
 )
 
 __all__ = [
+    "BATCH_PAYLOAD_BYTES_MAX",
+    "BATCH_TASKS_MAX",
     "END_OF_STREAM",
     "FRAME_SIZE_MAX_BYTES",
     "OPERATIONS",
@@ -72,6 +83,8 @@ __all__ = [
     "SUPPORTED_PROTOCOL_VERSIONS",
     "WAIT_MS_MAX",
     "Ack",
+    "AckMany",
+    "AckedMany",
     "ClientConnection",
     "ClientEvent",
     "ConnectionClosed",
@@ -80,10 +93,15 @@ __all__ = [
     "CreateQueue",
     "DeleteQueue",
     "DeliveredTask",
+    "DeliveredTasks",
     "Dequeue",
+    "DequeueMany",
     "EndOfStream",
     "Enqueue",
+    "EnqueueItem",
+    "EnqueueMany",
     "Enqueued",
+    "EnqueuedMany",
     "ErrorFrame",
     "Extend",
     "Frame",

@@ -50,11 +50,13 @@ leader. 1024 lets a client pipeline a thousand small requests in one round trip,
 fast link, while one connection cannot make the server track an unbounded number of them.
 """
 
-REQUEST_COLLECTION_LENGTH_MAX: Final = 16
-"""The longest array or map a request frame may contain: `create_queue` has 8 arguments.
+REQUEST_COLLECTION_LENGTH_MAX: Final = 1024
+"""The longest array or map a request frame may contain: the 1000 tasks of a full batch
+(`enqueue_many`, `ack_many`; BATCH_TASKS_MAX) with some room, as for responses.
 
-A server decodes client frames with this bound, so a small frame cannot expand into a large
-number of Python objects.
+A server decodes client frames with this bound, and every item takes at least one byte of a
+frame of at most FRAME_SIZE_MAX_BYTES, so a small frame cannot expand into a large number of
+Python objects.
 """
 
 RESPONSE_COLLECTION_LENGTH_MAX: Final = 1024
@@ -70,6 +72,29 @@ LIST_QUEUES_LIMIT_MAX: Final = 1000
 A description takes at most about 800 bytes (two names of 255 bytes, the field names and a
 dozen integers), so a full page stays under 800 KiB, inside one frame. The cluster holds at most
 10,000 queues, so ten pages list them all.
+"""
+
+BATCH_TASKS_MAX: Final = 1000
+"""The most tasks one `enqueue_many`, `dequeue_many` or `ack_many` carries.
+
+A thousand tasks in one request and one Raft log entry amortize the round trip, the fsync and
+the per-request work over many tasks; more would gain little and would not fit the collection
+bounds (REQUEST_COLLECTION_LENGTH_MAX, RESPONSE_COLLECTION_LENGTH_MAX). Larger batches are
+split by the client into several requests.
+"""
+
+BATCH_PAYLOAD_BYTES_MAX: Final = 640 * 1024
+"""The most payload bytes a batch of more than one task carries (640 KiB = 655,360 bytes): the
+payloads of an `enqueue_many` request, and of a `dequeue_many` answer.
+
+Besides its payload a task takes at most about 310 bytes in an `enqueue_many` (a key of 255
+bytes, a priority, a delay and the field names) and about 360 in a `dequeue_many` answer (the
+queue's name of up to 255 bytes, id, lease, priority, deliveries and the field names). A
+thousand of those plus 640 KiB of payloads stay under 1 MiB, more than 64 KiB below the frame
+bound, as for the largest single task. A batch of one task may carry up to
+PAYLOAD_SIZE_MAX_BYTES, so that no task is too large to travel in a batch: `dequeue_many`
+always delivers the first ready task, however large, and stops before a task whose payload
+would take the answer past this bound.
 """
 
 QUEUE_NAME_MAX_BYTES: Final = 255

@@ -39,12 +39,15 @@ from taskraft.protocol.fields import (
     MISSING,
     FieldReader,
     check_array,
+    check_bool,
     check_integer,
     shorten,
     wrong_type,
 )
 from taskraft.protocol.limits import (
     ADDRESS_MAX_BYTES,
+    BATCH_PAYLOAD_BYTES_MAX,
+    BATCH_TASKS_MAX,
     CLIENT_NAME_MAX_BYTES,
     DELAY_MS_MAX,
     ERROR_MESSAGE_MAX_BYTES,
@@ -64,6 +67,10 @@ from taskraft.protocol.limits import (
 )
 
 _ROLE_MAX_BYTES: Final = 32
+# A key of at most this many characters is at most KEY_MAX_BYTES of UTF-8 (4 bytes a character
+# at most), so the fast path of a batch's items accepts it without encoding it.
+_KEY_FAST_CHARS_MAX: Final = KEY_MAX_BYTES // 4
+_ENQUEUE_ITEM_FIELDS: Final = frozenset(("payload", "priority", "key", "delay_ms"))
 
 
 def check_queue_name(value: object, path: str) -> str:
@@ -113,6 +120,17 @@ def _optional_uint64(reader: FieldReader, name: str) -> int | None:
 
 def _int64(reader: FieldReader, name: str) -> int:
     return reader.integer(name, low=INT64_MIN, high=INT64_MAX)
+
+
+def _batch(reader: FieldReader, name: str) -> tuple[list[object], str]:
+    """The items of a batch's array and its path; InvalidArgument unless it holds 1 to 1000."""
+    items = reader.array(name)
+    path = reader.path_of(name)
+    if not 1 <= len(items) <= BATCH_TASKS_MAX:
+        raise InvalidArgument(
+            f"{path}: must hold between 1 and {BATCH_TASKS_MAX} tasks, got {len(items)}"
+        )
+    return items, path
 
 
 def _drop_none(fields: dict[str, object]) -> dict[str, object]:
@@ -175,6 +193,78 @@ class TaskLease:
         task = cls(task_id=_uint64(reader, "id"), lease=_uint64(reader, "lease"))
         reader.finish()
         return task
+
+    @classmethod
+    def from_batch_item(cls, value: object, path: str) -> TaskLease:
+        """`from_wire`, with a fast path for the well-formed items of a batch's thousand."""
+        if type(value) is dict and len(value) == 2:
+            task_id = value.get("id")
+            lease = value.get("lease")
+            if (
+                type(task_id) is int
+                and type(lease) is int
+                and 0 <= task_id <= UINT64_MAX
+                and 0 <= lease <= UINT64_MAX
+            ):
+                return cls(task_id=task_id, lease=lease)
+        return cls.from_wire(value, path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueItem:
+    """One task of an `enqueue_many`: the arguments of an `enqueue` but the queue's name.
+
+    On the wire a map; `key` and `delay_ms` are left out when unset (nil and 0), so that a batch
+    of plain tasks stays compact.
+    """
+
+    payload: bytes
+    priority: int
+    key: str | None = None
+    delay_ms: int = 0
+
+    def to_wire(self) -> dict[str, object]:
+        wire: dict[str, object] = {"payload": self.payload, "priority": self.priority}
+        if self.key is not None:
+            wire["key"] = self.key
+        if self.delay_ms:
+            wire["delay_ms"] = self.delay_ms
+        return wire
+
+    @classmethod
+    def from_wire(cls, value: object, path: str) -> EnqueueItem:
+        """Checked as `enqueue` checks its arguments, with the same errors naming the field."""
+        # Most items of a batch are well formed: check them in one expression, and read field
+        # by field (for the exact error) only when that fails.
+        if type(value) is dict and value.keys() <= _ENQUEUE_ITEM_FIELDS:
+            payload = value.get("payload")
+            priority = value.get("priority")
+            key = value.get("key")
+            delay_ms = value.get("delay_ms")
+            if (
+                type(payload) is bytes
+                and len(payload) <= PAYLOAD_SIZE_MAX_BYTES
+                and type(priority) is int
+                and INT64_MIN <= priority <= INT64_MAX
+                and (key is None or (type(key) is str and 0 < len(key) <= _KEY_FAST_CHARS_MAX))
+                and (delay_ms is None or (type(delay_ms) is int and 0 <= delay_ms <= DELAY_MS_MAX))
+            ):
+                return cls(payload=payload, priority=priority, key=key, delay_ms=delay_ms or 0)
+        reader = FieldReader(value, path)
+        item = cls(
+            payload=reader.binary(
+                "payload", max_bytes=PAYLOAD_SIZE_MAX_BYTES, length_error=PayloadTooLarge
+            ),
+            priority=reader.integer(
+                "priority", low=INT64_MIN, high=INT64_MAX, range_error=PriorityOutOfRange
+            ),
+            key=reader.optional_text(
+                "key", max_bytes=KEY_MAX_BYTES, min_chars=1, length_error=InvalidArgument
+            ),
+            delay_ms=_delay_ms(reader),
+        )
+        reader.finish()
+        return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +392,37 @@ class Enqueued(Result):
         return cls(task_id=_uint64(reader, "task_id"), duplicate=reader.boolean("duplicate"))
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueuedMany(Result):
+    """The ids of an `enqueue_many`'s tasks, in the order of its tasks; `duplicates[i]` when
+    task i's key named a task enqueued before (or earlier in the same batch)."""
+
+    task_ids: tuple[int, ...]
+    duplicates: tuple[bool, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        return {"task_ids": list(self.task_ids), "duplicates": list(self.duplicates)}
+
+    @classmethod
+    def from_wire(cls, value: object, path: str) -> Self:
+        reader = FieldReader(value, path)
+        ids_path = reader.path_of("task_ids")
+        task_ids = tuple(
+            check_integer(task_id, f"{ids_path}[{index}]", low=0, high=UINT64_MAX)
+            for index, task_id in enumerate(reader.array("task_ids"))
+        )
+        duplicates_path = reader.path_of("duplicates")
+        duplicates = tuple(
+            check_bool(duplicate, f"{duplicates_path}[{index}]")
+            for index, duplicate in enumerate(reader.array("duplicates"))
+        )
+        if len(task_ids) != len(duplicates):
+            raise BadRequest(
+                f"{duplicates_path}: {len(duplicates)} items for {len(task_ids)} task ids"
+            )
+        return cls(task_ids=task_ids, duplicates=duplicates)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliveredTask(Result):
     """A task handed to the worker that dequeued it; `deliveries` counts this one.
@@ -345,6 +466,52 @@ class DeliveredTask(Result):
             payload=reader.binary("payload", max_bytes=PAYLOAD_SIZE_MAX_BYTES),
             deliveries=reader.integer("deliveries", low=1, high=UINT64_MAX),
             lease_ms=_optional_uint64(reader, "lease_ms"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredTasks(Result):
+    """The tasks a `dequeue_many` took, in the order the queue served them; possibly none."""
+
+    tasks: tuple[DeliveredTask, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        return {"tasks": [task.to_wire() for task in self.tasks]}
+
+    @classmethod
+    def from_wire(cls, value: object, path: str) -> Self:
+        reader = FieldReader(value, path)
+        tasks_path = reader.path_of("tasks")
+        return cls(
+            tasks=tuple(
+                DeliveredTask.from_wire(task, f"{tasks_path}[{index}]")
+                for index, task in enumerate(reader.array("tasks"))
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AckedMany(Result):
+    """What became of each task of an `ack_many`, in the order of its tasks: None when it was
+    acknowledged, else the code of the error a single `ack` of it would have answered (12
+    `unknown_lease`)."""
+
+    errors: tuple[int | None, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        return {"errors": list(self.errors)}
+
+    @classmethod
+    def from_wire(cls, value: object, path: str) -> Self:
+        reader = FieldReader(value, path)
+        errors_path = reader.path_of("errors")
+        return cls(
+            errors=tuple(
+                None
+                if code is None
+                else check_integer(code, f"{errors_path}[{index}]", low=INT64_MIN, high=UINT64_MAX)
+                for index, code in enumerate(reader.array("errors"))
+            )
         )
 
 
@@ -679,6 +846,129 @@ class Extend(Operation):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueMany(Operation):
+    """Add up to 1000 tasks to one queue in one log entry, all or none.
+
+    Each task is checked as `enqueue` checks its arguments; together their payloads take at
+    most BATCH_PAYLOAD_BYTES_MAX, unless the batch holds a single task.
+    """
+
+    name: ClassVar[str] = "enqueue_many"
+    result_type: ClassVar[type[Result] | None] = EnqueuedMany
+
+    queue: str
+    tasks: tuple[EnqueueItem, ...]
+
+    def to_args(self) -> dict[str, object]:
+        return {"queue": self.queue, "tasks": [task.to_wire() for task in self.tasks]}
+
+    @classmethod
+    def from_args(cls, reader: FieldReader) -> Self:
+        queue = _queue(reader)
+        items, path = _batch(reader, "tasks")
+        tasks = tuple(
+            EnqueueItem.from_wire(item, f"{path}[{index}]") for index, item in enumerate(items)
+        )
+        if len(tasks) > 1:
+            total = sum(len(task.payload) for task in tasks)
+            if total > BATCH_PAYLOAD_BYTES_MAX:
+                raise PayloadTooLarge(
+                    f"{path}: the payloads of {len(tasks)} tasks take {total} bytes; a batch of "
+                    f"more than one task carries at most {BATCH_PAYLOAD_BYTES_MAX}"
+                )
+        return cls(queue=queue, tasks=tasks)
+
+    def result_from_wire(self, value: object, path: str = "ok") -> object:
+        result = Operation.result_from_wire(self, value, path)
+        if isinstance(result, EnqueuedMany) and len(result.task_ids) != len(self.tasks):
+            raise BadRequest(
+                f"{path}.task_ids: {len(result.task_ids)} ids for {len(self.tasks)} tasks"
+            )
+        return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DequeueMany(Operation):
+    """Take up to `max_tasks` ready tasks in serving order, waiting up to `wait_ms` for the
+    first; an empty list when none came. `lease_ms` as for `dequeue`.
+
+    The answer stops before a task whose payload would take the answer's payloads past
+    BATCH_PAYLOAD_BYTES_MAX; the first task is taken whatever its size.
+    """
+
+    name: ClassVar[str] = "dequeue_many"
+    result_type: ClassVar[type[Result] | None] = DeliveredTasks
+
+    queue: str
+    max_tasks: int
+    wait_ms: int = 0
+    lease_ms: int | None = None
+
+    def to_args(self) -> dict[str, object]:
+        return _drop_none(
+            {
+                "queue": self.queue,
+                "max_tasks": self.max_tasks,
+                "wait_ms": self.wait_ms,
+                "lease_ms": self.lease_ms,
+            }
+        )
+
+    @classmethod
+    def from_args(cls, reader: FieldReader) -> Self:
+        return cls(
+            queue=_queue(reader),
+            max_tasks=reader.integer(
+                "max_tasks", low=1, high=BATCH_TASKS_MAX, range_error=InvalidArgument
+            ),
+            wait_ms=reader.integer_or_default(
+                "wait_ms", default=0, low=0, high=WAIT_MS_MAX, range_error=InvalidArgument
+            ),
+            lease_ms=_optional_lease_ms(reader, "lease_ms"),
+        )
+
+    def result_from_wire(self, value: object, path: str = "ok") -> object:
+        result = Operation.result_from_wire(self, value, path)
+        if isinstance(result, DeliveredTasks) and len(result.tasks) > self.max_tasks:
+            raise BadRequest(
+                f"{path}.tasks: {len(result.tasks)} tasks for a max_tasks of {self.max_tasks}"
+            )
+        return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckMany(Operation):
+    """Acknowledge up to 1000 tasks in one log entry, each on its own: a lease that is no
+    longer held fails that task's ack only, as the answer's `errors` says."""
+
+    name: ClassVar[str] = "ack_many"
+    result_type: ClassVar[type[Result] | None] = AckedMany
+
+    tasks: tuple[TaskLease, ...]
+
+    def to_args(self) -> dict[str, object]:
+        return {"tasks": [task.to_wire() for task in self.tasks]}
+
+    @classmethod
+    def from_args(cls, reader: FieldReader) -> Self:
+        items, path = _batch(reader, "tasks")
+        return cls(
+            tasks=tuple(
+                TaskLease.from_batch_item(item, f"{path}[{index}]")
+                for index, item in enumerate(items)
+            )
+        )
+
+    def result_from_wire(self, value: object, path: str = "ok") -> object:
+        result = Operation.result_from_wire(self, value, path)
+        if isinstance(result, AckedMany) and len(result.errors) != len(self.tasks):
+            raise BadRequest(
+                f"{path}.errors: {len(result.errors)} items for {len(self.tasks)} tasks"
+            )
+        return result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Status(Operation):
     """The answering node's view of the cluster; any node answers, leader or not."""
 
@@ -705,6 +995,9 @@ OPERATIONS: Final[dict[str, type[Operation]]] = {
         Ack,
         Nack,
         Extend,
+        EnqueueMany,
+        DequeueMany,
+        AckMany,
         Status,
     )
 }

@@ -8,6 +8,7 @@ bad command with the same error at the same point in the log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from taskraft.queue.limits import LEASE_MS_DEFAULT
@@ -93,20 +94,100 @@ class Extend:
     lease_ms: int
 
 
+EnqueueRow = tuple[int, bytes, str | None, int]
+"""One task of an `EnqueueMany` as a row: (priority, payload, key, delay_ms)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueMany:
+    """Add many tasks to one queue in one log entry: all of them, or none.
+
+    The tasks are held column by column: task i is (`priorities[i]`, `payloads[i]`, `keys[i]`,
+    `delays_ms[i]`), each as in `Enqueue`, and the four tuples have the same length (at least
+    1). Build one from rows with `EnqueueMany.of`. The batch has the effect of an `Enqueue` of
+    each task in turn, except that when any of them would fail none is added; a task refused
+    for its own fields is then reported before the queue's lack of room.
+    """
+
+    queue: str
+    priorities: tuple[int, ...]
+    payloads: tuple[bytes, ...]
+    keys: tuple[str | None, ...]
+    delays_ms: tuple[int, ...]
+
+    @classmethod
+    def of(cls, queue: str, tasks: Iterable[Enqueue | EnqueueRow]) -> EnqueueMany:
+        """The batch of `tasks`: `Enqueue` commands (their queue is ignored) or
+        (priority, payload, key, delay_ms) rows."""
+        rows = [
+            (task.priority, task.payload, task.key, task.delay_ms)
+            if isinstance(task, Enqueue)
+            else task
+            for task in tasks
+        ]
+        return cls(
+            queue,
+            tuple(row[0] for row in rows),
+            tuple(row[1] for row in rows),
+            tuple(row[2] for row in rows),
+            tuple(row[3] for row in rows),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DequeueMany:
+    """Lease up to `max_tasks` ready tasks, in the order `Dequeue` would take them one by one.
+
+    `lease_ms` as in `Dequeue`. With `max_bytes`, the batch stops before a task whose payload
+    would bring the batch's payloads past it; the first task is taken whatever its size, so that
+    no task is too large to be dequeued.
+    """
+
+    queue: str
+    max_tasks: int
+    lease_ms: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AckMany:
+    """Acknowledge many tasks in one log entry, each as an `Ack` would, in order: an unknown
+    lease fails that task's ack only. Task i is (`task_ids[i]`, `lease_tokens[i]`)."""
+
+    task_ids: tuple[int, ...]
+    lease_tokens: tuple[int, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Tick:
     """Only let time pass: expire leases and release delayed tasks up to the entry's time."""
 
 
-Command = CreateQueue | DeleteQueue | Enqueue | Dequeue | Ack | Nack | Extend | Tick
+Command = (
+    CreateQueue
+    | DeleteQueue
+    | Enqueue
+    | Dequeue
+    | Ack
+    | Nack
+    | Extend
+    | Tick
+    | EnqueueMany
+    | DequeueMany
+    | AckMany
+)
 
 __all__ = [
     "Ack",
+    "AckMany",
     "Command",
     "CreateQueue",
     "DeleteQueue",
     "Dequeue",
+    "DequeueMany",
     "Enqueue",
+    "EnqueueMany",
+    "EnqueueRow",
     "Extend",
     "Nack",
     "Tick",

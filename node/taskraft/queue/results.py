@@ -77,8 +77,37 @@ class DeliveredTask:
     lease_expires_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class EnqueueManyResult:
+    """The ids of an `EnqueueMany`'s tasks, in its order; `duplicates[i]` when task i's key named
+    a task enqueued before, or earlier in the same batch (its id is then that task's)."""
+
+    task_ids: tuple[int, ...]
+    duplicates: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DequeuedTasks:
+    """The tasks a `DequeueMany` took, in serving order (possibly none), and the lease they got:
+    `lease_ms` is the command's, or the queue's default when it named none (0: no lease)."""
+
+    tasks: tuple[DeliveredTask, ...]
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckManyResult:
+    """The acks of an `AckMany` that failed, as (index of the task, error code) in task order,
+    the code the single `Ack` would have raised; empty when every task was acknowledged."""
+
+    failures: tuple[tuple[int, int], ...]
+
+
 __all__ = [
+    "AckManyResult",
     "DeliveredTask",
+    "DequeuedTasks",
+    "EnqueueManyResult",
     "EnqueueResult",
     "QueueCounts",
     "QueueDescription",

@@ -34,11 +34,19 @@ Semantics that the product description left open, decided here:
   task is done or the queue is full. After the window a retry enqueues a new task.
 - Checks run in a fixed order (queue, payload, priority, delay, key, duplicate, size), so the
   same command fails with the same error on every replica.
+- Batches are the single commands one after the other, in one log entry. EnqueueMany is all or
+  nothing: every task is checked (payload, priority, delay, key, in task order) before the
+  queue's room for the tasks that are not duplicates, and the first failure fails the batch
+  with nothing added; otherwise the result is what the single Enqueues in turn would have
+  answered, a key repeated within the batch included. DequeueMany takes the tasks Dequeues in
+  turn would take, and stops early at `max_bytes` of payloads (never before the first task).
+  AckMany acks each task as Ack would, and reports the ones that failed instead of raising.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, overload
@@ -57,11 +65,14 @@ from taskraft.errors import (
 )
 from taskraft.queue.commands import (
     Ack,
+    AckMany,
     Command,
     CreateQueue,
     DeleteQueue,
     Dequeue,
+    DequeueMany,
     Enqueue,
+    EnqueueMany,
     Extend,
     Nack,
     Tick,
@@ -80,10 +91,13 @@ from taskraft.queue.limits import (
     QUEUE_COUNT_MAX,
     STALE_DEADLINES_REBUILD_MIN,
 )
-from taskraft.queue.ordering import ReadyBuckets, ReadyHeap, ReadyOrder
+from taskraft.queue.ordering import ReadyBuckets, ReadyHeap
 from taskraft.queue.records import DELAYED, LEASED, NONE, READY, IdempotencyEntry, TaskRecord
 from taskraft.queue.results import (
+    AckManyResult,
     DeliveredTask,
+    DequeuedTasks,
+    EnqueueManyResult,
     EnqueueResult,
     QueueCounts,
     QueueDescription,
@@ -93,10 +107,40 @@ from taskraft.queue.results import (
 from taskraft.queue.snapshot import InvalidSnapshot, QueueDefinition, StateSnapshot, read_snapshot
 from taskraft.queue.validation import check_idempotency_key, check_queue_name, checked_policies
 
-CommandResult = QueueDescription | EnqueueResult | DeliveredTask | int | None
+CommandResult = (
+    QueueDescription
+    | EnqueueResult
+    | DeliveredTask
+    | int
+    | None
+    | EnqueueManyResult
+    | DequeuedTasks
+    | AckManyResult
+)
 
 # A deadline heap entry: (deadline in log time, the task's sequence when it was pushed, task id).
 _Deadline = tuple[int, int, int]
+
+
+class _Heap(ReadyHeap):
+    """A ReadyHeap that also shows its first task without taking it (DequeueMany's byte bound)."""
+
+    __slots__ = ()
+
+    def peek(self) -> int:
+        return self._entries[0][2]
+
+
+class _Buckets(ReadyBuckets):
+    """ReadyBuckets that also show their first task without taking it."""
+
+    __slots__ = ()
+
+    def peek(self) -> int:
+        non_empty = self._non_empty
+        bucket = self._buckets[(non_empty & -non_empty).bit_length() - 1]
+        assert bucket is not None, "peek into empty buckets"
+        return bucket[0]
 
 
 class _Queue:
@@ -125,11 +169,11 @@ class _Queue:
         self.name = name
         self.policies = policies
         self.priority_low, self.priority_high = policies.priority_range or (INT64_MIN, INT64_MAX)
-        self.ready: ReadyOrder
+        self.ready: _Heap | _Buckets
         if policies.kind is QueueKind.BUCKETS:
-            self.ready = ReadyBuckets(self.priority_low, self.priority_high)
+            self.ready = _Buckets(self.priority_low, self.priority_high)
         else:
-            self.ready = ReadyHeap()
+            self.ready = _Heap()
         # A queue may be created with a larger limit; the global bound still applies.
         self.payload_size_max_bytes = min(
             policies.max_payload_bytes or PAYLOAD_SIZE_MAX_BYTES, PAYLOAD_SIZE_MAX_BYTES
@@ -248,6 +292,9 @@ class QueueStateMachine:
             Nack: self._nack,
             Extend: self._extend,
             Tick: self._tick,
+            EnqueueMany: self._enqueue_many,
+            DequeueMany: self._dequeue_many,
+            AckMany: self._ack_many,
         }
 
     # -- applying commands -------------------------------------------------------------------
@@ -260,6 +307,12 @@ class QueueStateMachine:
     def apply(self, command: Dequeue, *, now_ms: int, index: int) -> DeliveredTask | None: ...
     @overload
     def apply(self, command: Extend, *, now_ms: int, index: int) -> int: ...
+    @overload
+    def apply(self, command: EnqueueMany, *, now_ms: int, index: int) -> EnqueueManyResult: ...
+    @overload
+    def apply(self, command: DequeueMany, *, now_ms: int, index: int) -> DequeuedTasks: ...
+    @overload
+    def apply(self, command: AckMany, *, now_ms: int, index: int) -> AckManyResult: ...
     @overload
     def apply(
         self, command: DeleteQueue | Ack | Nack | Tick, *, now_ms: int, index: int
@@ -325,30 +378,44 @@ class QueueStateMachine:
         del self._queues_by_id[queue.queue_id]
         # Its idempotency keys are keyed by queue id: they can never match again and age out.
 
+    @staticmethod
+    def _check_task(
+        queue: _Queue, priority: object, payload: object, key: object, delay_ms: int, where: str
+    ) -> None:
+        """Raise the error an enqueue of this task must fail with, if any; `where` prefixes the
+        message (a batch's "tasks[3]: ")."""
+        if type(payload) is not bytes:
+            raise InvalidArgument(f"{where}a payload is bytes, not {type(payload).__name__}")
+        if len(payload) > queue.payload_size_max_bytes:
+            raise PayloadTooLarge(
+                f"{where}payload of {len(payload)} bytes; queue {queue.name!r} accepts at most "
+                f"{queue.payload_size_max_bytes}"
+            )
+        if type(priority) is not int:
+            raise InvalidArgument(f"{where}a priority is an integer, not {type(priority).__name__}")
+        if not queue.priority_low <= priority <= queue.priority_high:
+            raise PriorityOutOfRange(
+                f"{where}priority {priority} outside [{queue.priority_low}, "
+                f"{queue.priority_high}] of queue {queue.name!r}"
+            )
+        if not 0 <= delay_ms <= DELAY_MS_MAX:
+            raise InvalidArgument(f"{where}delay_ms must be in [0, {DELAY_MS_MAX}], not {delay_ms}")
+        if key is not None:
+            try:
+                check_idempotency_key(key)
+            except InvalidArgument as error:
+                if not where:
+                    raise
+                raise InvalidArgument(f"{where}{error.message}") from None
+
     def _enqueue(self, command: Enqueue) -> EnqueueResult:
         queue = self._queue(command.queue)
         payload = command.payload
-        if type(payload) is not bytes:
-            raise InvalidArgument(f"a payload is bytes, not {type(payload).__name__}")
-        if len(payload) > queue.payload_size_max_bytes:
-            raise PayloadTooLarge(
-                f"payload of {len(payload)} bytes; queue {queue.name!r} accepts at most "
-                f"{queue.payload_size_max_bytes}"
-            )
         priority = command.priority
-        if type(priority) is not int:
-            raise InvalidArgument(f"a priority is an integer, not {type(priority).__name__}")
-        if not queue.priority_low <= priority <= queue.priority_high:
-            raise PriorityOutOfRange(
-                f"priority {priority} outside [{queue.priority_low}, {queue.priority_high}] "
-                f"of queue {queue.name!r}"
-            )
         delay_ms = command.delay_ms
-        if not 0 <= delay_ms <= DELAY_MS_MAX:
-            raise InvalidArgument(f"delay_ms must be in [0, {DELAY_MS_MAX}], not {delay_ms}")
         key = command.key
+        self._check_task(queue, priority, payload, key, delay_ms, "")
         if key is not None:
-            check_idempotency_key(key)
             original = self._idempotency_keys.get((queue.queue_id, key))
             if original is not None:
                 return EnqueueResult(task_id=original, duplicate=True)
@@ -383,6 +450,210 @@ class QueueStateMachine:
             del self._idempotency_keys[(oldest.queue_id, oldest.key)]
         order.append(IdempotencyEntry(self._clock_ms, queue_id, key, task_id))
         self._idempotency_keys[(queue_id, key)] = task_id
+
+    def _enqueue_many(self, command: EnqueueMany) -> EnqueueManyResult:
+        """The Enqueues of the batch's tasks in turn, all or none (see the module docstring)."""
+        queue = self._queue(command.queue)
+        priorities, payloads = command.priorities, command.payloads
+        keys, delays_ms = command.keys, command.delays_ms
+        count = len(payloads)
+        if not count or not len(priorities) == len(keys) == len(delays_ms) == count:
+            raise InvalidArgument(
+                "an enqueue_many holds 1 or more tasks, each with a priority, a payload, a key "
+                f"and a delay; got {len(priorities)}, {count}, {len(keys)} and {len(delays_ms)}"
+            )
+        tasks = zip(priorities, payloads, keys, delays_ms, strict=True)
+        # Every task is checked before anything changes; a task that is not plainly valid is
+        # checked again, field by field, for the error a single enqueue would raise.
+        payload_max = queue.payload_size_max_bytes
+        low, high = queue.priority_low, queue.priority_high
+        for index, (priority, payload, key, delay_ms) in enumerate(tasks):
+            if not (
+                type(payload) is bytes
+                and len(payload) <= payload_max
+                and type(priority) is int
+                and low <= priority <= high
+                and type(delay_ms) is int
+                and 0 <= delay_ms <= DELAY_MS_MAX
+                and (key is None or (type(key) is str and key.isascii() and 0 < len(key) <= 255))
+            ):
+                self._check_task(queue, priority, payload, key, delay_ms, f"tasks[{index}]: ")
+        task_ids, duplicates, added = self._batch_task_ids(queue, keys)
+        size = queue.size()
+        if added and queue.max_size is not None and size + added > queue.max_size:
+            raise QueueFull(
+                f"queue {queue.name!r} holds {size} tasks; {added} more would pass its "
+                f"max_size of {queue.max_size}"
+            )
+        # Apply: what the single enqueues do, with the counters kept in locals.
+        queue_id = queue.queue_id
+        records = self._tasks
+        deadlines = self._deadlines
+        ready = queue.ready
+        clock_ms = self._clock_ms
+        task_id = self._next_task_id
+        sequence = self._next_sequence
+        delayed = 0
+        skip = duplicates if added < count else None
+        for index, (priority, payload, key, delay_ms) in enumerate(
+            zip(priorities, payloads, keys, delays_ms, strict=True)
+        ):
+            if skip is not None and skip[index]:
+                continue
+            if delay_ms:
+                deadline = clock_ms + delay_ms
+                records[task_id] = TaskRecord(
+                    task_id, queue_id, priority, payload, 0, DELAYED, sequence, deadline, NONE
+                )
+                heapq.heappush(deadlines, (deadline, sequence, task_id))
+                delayed += 1
+            else:
+                records[task_id] = TaskRecord(
+                    task_id, queue_id, priority, payload, 0, READY, sequence, NONE, NONE
+                )
+                ready.push(priority, sequence, task_id)
+            if key is not None:
+                self._remember_key(queue_id, key, task_id)
+            task_id += 1
+            sequence += 1
+        self._next_task_id = task_id
+        self._next_sequence = sequence
+        queue.delayed_count += delayed
+        queue.ready_count += added - delayed
+        queue.statistics.enqueued += added
+        return EnqueueManyResult(task_ids=task_ids, duplicates=duplicates)
+
+    def _batch_task_ids(
+        self, queue: _Queue, keys: tuple[str | None, ...]
+    ) -> tuple[tuple[int, ...], tuple[bool, ...], int]:
+        """The ids the Enqueues of a batch's tasks in turn would answer, which of them are
+        duplicates, and how many tasks they would add; changes nothing.
+
+        A key repeated in the batch answers the id its first task gets. A key remembered from
+        before answers its task's id, unless the keys this batch remembers before it would have
+        pushed it out of the bound on remembered keys (IDEMPOTENCY_KEY_COUNT_MAX), as the single
+        enqueues would. (Exact for batches of fewer keys than that bound: the protocol sends at
+        most 1000 tasks.)
+        """
+        count = len(keys)
+        first_id = self._next_task_id
+        if keys.count(None) == count:
+            return tuple(range(first_id, first_id + count)), (False,) * count, count
+        queue_id = queue.queue_id
+        known = self._idempotency_keys
+        order_length = len(self._idempotency_order)
+        batch: dict[str, int] = {}
+        # Positions in the order of the oldest remembered keys, built when first needed.
+        oldest: dict[tuple[int, str], int] | None = None
+        task_ids: list[int] = []
+        duplicates = [False] * count
+        added = 0
+        for index, key in enumerate(keys):
+            if key is not None:
+                original = batch.get(key)
+                if original is None:
+                    original = known.get((queue_id, key))
+                    # How many keys the keys remembered so far by this batch pushed out.
+                    pushed_out = order_length + len(batch) - IDEMPOTENCY_KEY_COUNT_MAX
+                    if original is not None and pushed_out > 0:
+                        if oldest is None:
+                            oldest = self._oldest_key_positions(count)
+                        if oldest.get((queue_id, key), pushed_out) < pushed_out:
+                            original = None
+                if original is not None:
+                    task_ids.append(original)
+                    duplicates[index] = True
+                    continue
+                batch[key] = first_id + added
+            task_ids.append(first_id + added)
+            added += 1
+        return tuple(task_ids), tuple(duplicates), added
+
+    def _oldest_key_positions(self, count: int) -> dict[tuple[int, str], int]:
+        """The positions of the `count` oldest remembered keys (0 is the oldest)."""
+        oldest = itertools.islice(self._idempotency_order, count)
+        return {(entry.queue_id, entry.key): position for position, entry in enumerate(oldest)}
+
+    def _dequeue_many(self, command: DequeueMany) -> DequeuedTasks:
+        """The Dequeues of up to `max_tasks` tasks in turn, stopping early at `max_bytes`."""
+        queue = self._queue(command.queue)
+        lease_ms = command.lease_ms
+        if lease_ms is None:
+            lease_ms = queue.lease_ms_default
+        elif not 0 <= lease_ms <= LEASE_MS_MAX:
+            raise InvalidArgument(f"lease_ms must be in [0, {LEASE_MS_MAX}], not {lease_ms}")
+        max_tasks = command.max_tasks
+        if not 1 <= max_tasks <= INT64_MAX:
+            raise InvalidArgument(f"max_tasks must be at least 1, not {max_tasks}")
+        max_bytes = command.max_bytes
+        if max_bytes is not None and not 0 <= max_bytes <= INT64_MAX:
+            raise InvalidArgument(f"max_bytes must be 0 or more, not {max_bytes}")
+        count = min(max_tasks, queue.ready_count)
+        if not count:
+            return DequeuedTasks(tasks=(), lease_ms=lease_ms)
+        name, queue_id = queue.name, queue.queue_id
+        ready = queue.ready
+        records = self._tasks
+        deadlines = self._deadlines
+        token = self._next_sequence
+        expires_ms = self._clock_ms + lease_ms
+        delivered: list[DeliveredTask] = []
+        total_bytes = 0
+        for _ in range(count):
+            if max_bytes is not None:
+                size = len(records[ready.peek()].payload)
+                if delivered and total_bytes + size > max_bytes:
+                    break
+                total_bytes += size
+            task_id = ready.pop()
+            record = records[task_id]
+            priority, payload = record.priority, record.payload
+            deliveries = record.deliveries + 1
+            if not lease_ms:
+                del records[task_id]
+                delivered.append(
+                    DeliveredTask(task_id, name, priority, payload, deliveries, None, None)
+                )
+                continue
+            records[task_id] = TaskRecord(
+                task_id, queue_id, priority, payload, deliveries, LEASED, token, expires_ms,
+                token,
+            )  # fmt: skip
+            heapq.heappush(deadlines, (expires_ms, token, task_id))
+            delivered.append(
+                DeliveredTask(task_id, name, priority, payload, deliveries, token, expires_ms)
+            )
+            token += 1
+        taken = len(delivered)
+        queue.ready_count -= taken
+        queue.statistics.dequeued += taken
+        if lease_ms:
+            self._next_sequence = token
+            queue.leased_count += taken
+        return DequeuedTasks(tasks=tuple(delivered), lease_ms=lease_ms)
+
+    def _ack_many(self, command: AckMany) -> AckManyResult:
+        """The Acks of the batch's tasks in turn; a failed one is reported, not raised."""
+        task_ids, lease_tokens = command.task_ids, command.lease_tokens
+        if not task_ids or len(task_ids) != len(lease_tokens):
+            raise InvalidArgument(
+                f"an ack_many names 1 or more tasks, each with its lease; got {len(task_ids)} "
+                f"tasks and {len(lease_tokens)} leases"
+            )
+        records = self._tasks
+        queues = self._queues_by_id
+        failures: list[tuple[int, int]] = []
+        for index, (task_id, lease_token) in enumerate(zip(task_ids, lease_tokens, strict=True)):
+            record = records.get(task_id)
+            if record is None or record.state != LEASED or record.lease_token != lease_token:
+                failures.append((index, UnknownLease.code))
+                continue
+            del records[task_id]
+            queue = queues[record.queue_id]
+            queue.leased_count -= 1
+            queue.statistics.acked += 1
+            self._deadline_went_stale()
+        return AckManyResult(failures=tuple(failures))
 
     def _dequeue(self, command: Dequeue) -> DeliveredTask | None:
         queue = self._queue(command.queue)
@@ -772,7 +1043,7 @@ class QueueStateMachine:
         """Rebuild a ready order from its (priority, sequence, task id) entries, in any order."""
         queue.ready_count = len(entries)
         if isinstance(queue.ready, ReadyHeap):
-            queue.ready = ReadyHeap(entries)
+            queue.ready = _Heap(entries)
             return
         # Buckets are FIFOs: push in sequence order, which is the order they were first pushed.
         entries.sort(key=lambda entry: entry[1])

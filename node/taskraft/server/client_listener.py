@@ -287,6 +287,22 @@ class ClientListener:
                     queue_commands.Extend(task.task_id, task.lease, operation.lease_ms)
                 )
                 return None
+            case protocol.EnqueueMany():
+                result = await replica.submit(_enqueue_many_command(operation))
+                enqueued_many = _expect(result, queue_commands.EnqueueManyResult)
+                return protocol.EnqueuedMany(
+                    task_ids=enqueued_many.task_ids, duplicates=enqueued_many.duplicates
+                )
+            case protocol.DequeueMany():
+                return await _dequeue_many(self, replica, operation)
+            case protocol.AckMany():
+                leases = operation.tasks
+                ack_many = queue_commands.AckMany(
+                    tuple([lease.task_id for lease in leases]),
+                    tuple([lease.lease for lease in leases]),
+                )
+                acked = _expect(await replica.submit(ack_many), queue_commands.AckManyResult)
+                return _acked_many(acked, len(leases))
         raise BadRequest(f"operation {operation.name} is not served by this node")
 
     async def _dequeue(
@@ -748,6 +764,117 @@ def _page(
     return protocol.QueuePage(
         queues=tuple(_description(queue) for queue in page),
         more=len(following) > len(page),
+    )
+
+
+# -- batches -------------------------------------------------------------------------------------
+
+
+def _enqueue_many_command(operation: protocol.EnqueueMany) -> queue_commands.EnqueueMany:
+    tasks = operation.tasks
+    return queue_commands.EnqueueMany(
+        operation.queue,
+        tuple([task.priority for task in tasks]),
+        tuple([task.payload for task in tasks]),
+        tuple([task.key for task in tasks]),
+        tuple([task.delay_ms for task in tasks]),
+    )
+
+
+def _acked_many(acked: queue_commands.AckManyResult, count: int) -> protocol.AckedMany:
+    errors: list[int | None] = [None] * count
+    for index, code in acked.failures:
+        errors[index] = code
+    return protocol.AckedMany(errors=tuple(errors))
+
+
+async def _dequeue_many(
+    listener: ClientListener, replica: Replica, operation: protocol.DequeueMany
+) -> protocol.DeliveredTasks:
+    """A DequeueMany, waiting as `ClientListener._dequeue` does when none is ready at first.
+
+    The answer's payloads stay within BATCH_PAYLOAD_BYTES_MAX (but for a first task larger than
+    that), so that it fits in one frame.
+    """
+    command = queue_commands.DequeueMany(
+        operation.queue,
+        operation.max_tasks,
+        lease_ms=operation.lease_ms,
+        max_bytes=protocol.BATCH_PAYLOAD_BYTES_MAX,
+    )
+    dequeued = await _submit_dequeue_many(replica, command)
+    if dequeued.tasks or operation.wait_ms == 0:
+        return _delivered_tasks(dequeued)
+    if listener._long_polls >= listener.long_polls_max:
+        raise Overloaded(
+            f"{listener._long_polls} dequeues are already waiting on this node; try again shortly"
+        )
+    deadline = asyncio.get_running_loop().time() + operation.wait_ms / 1000
+    listener._long_polls += 1
+    try:
+        waited = await _wait_for_tasks(listener, command, deadline)
+    finally:
+        listener._long_polls -= 1
+        if listener._long_polls == 0:
+            listener._unwatch()
+    return protocol.DeliveredTasks(tasks=()) if waited is None else _delivered_tasks(waited)
+
+
+async def _wait_for_tasks(
+    listener: ClientListener, command: queue_commands.DequeueMany, deadline: float
+) -> queue_commands.DequeuedTasks | None:
+    """`ClientListener._wait_for_task` for a DequeueMany: the same waiters and claims (a waiter
+    woken claims one ready task, and takes what its command takes); None at `deadline`."""
+    loop = asyncio.get_running_loop()
+    queue = command.queue
+    try:
+        while True:
+            replica = listener._serving_replica()
+            if loop.time() >= deadline:
+                return None
+            listener._watch(replica)
+            ready = replica.state_machine.ready_count(queue)
+            waiters = listener._waiters.setdefault(queue, _QueueWaiters())
+            turn: asyncio.Future[None] = loop.create_future()
+            if ready > len(waiters.claims):
+                waiters.claims.add(turn)
+            elif not await listener._wait_for_turn(queue, waiters, turn, deadline):
+                return None
+            if turn not in waiters.claims:
+                continue  # woken to look at the node again, not for a task
+            try:
+                dequeued = await _submit_dequeue_many(listener._serving_replica(), command)
+            finally:
+                listener._release(queue, waiters, turn)
+            if dequeued.tasks:
+                return dequeued
+    finally:
+        listener._forget_if_idle(queue)
+
+
+async def _submit_dequeue_many(
+    replica: Replica, command: queue_commands.DequeueMany
+) -> queue_commands.DequeuedTasks:
+    return _expect(await replica.submit(command), queue_commands.DequeuedTasks)
+
+
+def _delivered_tasks(dequeued: queue_commands.DequeuedTasks) -> protocol.DeliveredTasks:
+    lease_ms = dequeued.lease_ms
+    return protocol.DeliveredTasks(
+        tasks=tuple(
+            [
+                protocol.DeliveredTask(
+                    task_id=task.task_id,
+                    lease=task.lease_token,
+                    queue=task.queue,
+                    priority=task.priority,
+                    payload=task.payload,
+                    deliveries=task.deliveries,
+                    lease_ms=None if task.lease_token is None else lease_ms,
+                )
+                for task in dequeued.tasks
+            ]
+        )
     )
 
 
