@@ -254,9 +254,9 @@ class RaftNode:
     def read_index(self, request_id: int) -> None:
         """Start a linearizable read; its `ReadState` appears in a later `Ready` (thesis 6.4).
 
-        `request_id` must be unique across restarts of this node (the server draws a random
-        64-bit start): an answer to a request of an earlier incarnation must never match a new
-        one. A read that gets no answer (lost message, leader change) is the caller's to time out.
+        `request_id` must be unique across restarts of this node (the server starts its ids at a
+        random number below 2**62): an answer to a request of an earlier incarnation must never
+        match a new one. A read that gets no answer (lost message, leader change) is the caller's to time out.
         """
         if self.role is Role.LEADER:
             self._start_read(request_id, self.id)
