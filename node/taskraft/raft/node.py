@@ -256,7 +256,8 @@ class RaftNode:
 
         `request_id` must be unique across restarts of this node (the server starts its ids at a
         random number below 2**62): an answer to a request of an earlier incarnation must never
-        match a new one. A read that gets no answer (lost message, leader change) is the caller's to time out.
+        match a new one. A read that gets no answer (lost message, leader change) is the
+        caller's to time out.
         """
         if self.role is Role.LEADER:
             self._start_read(request_id, self.id)
