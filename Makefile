@@ -55,6 +55,25 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/queue_bench.py --quick
 
+# Helm, built from source with the Go toolchain (no release binary is downloaded), for
+# tests/operator/test_chart.py: `helm lint` and `helm template` of charts/taskraft-operator.
+# The ldflags set what a release build reports: its version and the Kubernetes version that
+# `helm template` and `helm lint` assume by default (the client-go minor of this Helm release).
+HELM_VERSION := v3.17.4
+HELM_K8S_MINOR := 32
+HELM := e2e/.bin/helm
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach package,pkg/chartutil pkg/lint/rules,\
+	-X helm.sh/helm/v3/$(package).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/$(package).k8sVersionMinor=$(HELM_K8S_MINOR))
+
+.PHONY: helm
+helm: $(HELM)
+
+$(HELM):
+	GOBIN=$(CURDIR)/e2e/.bin GOFLAGS=-buildvcs=false go install -ldflags '$(HELM_LDFLAGS)' \
+		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist
 	find . -name '*.egg-info' -prune -exec rm -rf {} +

@@ -1,0 +1,618 @@
+"""The operator's shell against kmock's emulated Kubernetes API and real taskraft nodes.
+
+`reconcile` is driven directly (one run per call, after one step of the simulated StatefulSet
+controller and kubelet) for the scenarios with nodes: the order of what the operator does is
+then exactly observable. One test runs the whole kopf operator (its handlers, timer, login,
+events and status) against the emulated API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kopf
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from operator_support import (
+    CLUSTER,
+    NAMESPACE,
+    EventLog,
+    PodNodes,
+    Simulation,
+    emulated_api,
+    emulated_api_in_thread,
+    eventually,
+    free_port,
+    get_cluster,
+    queue_cluster,
+)
+from prometheus_client import REGISTRY
+
+from taskraft.client import AsyncClient
+from taskraft_operator import metrics
+from taskraft_operator.actions import ActionContext, carry_out
+from taskraft_operator.handlers import ClusterMemory, OperatorConfig, reconcile, register
+from taskraft_operator.model import (
+    DesiredSpec,
+    ObservedStatefulSet,
+    StorageSpec,
+    status_from_dict,
+)
+from taskraft_operator.observe import (
+    CONFIG_MAPS,
+    PDBS,
+    PODS,
+    PVCS,
+    QUEUE_CLUSTERS,
+    SERVICES,
+    STATEFUL_SETS,
+    ApiResource,
+    Endpoints,
+    KubeApi,
+    NodeHttp,
+    login_to,
+    observe,
+)
+from taskraft_operator.planner import (
+    SNAPSHOT_REQUEST_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    Action,
+    AddLearner,
+    DeletePod,
+    EnsureObject,
+    Plan,
+    Promote,
+    ScaleStatefulSet,
+    TakeSnapshot,
+)
+
+# The whole module: a few seconds with real processes on a quiet machine.
+SCENARIO_TIMEOUT_S = 90.0
+
+OWNED = (
+    (CONFIG_MAPS, f"{CLUSTER}-config"),
+    (SERVICES, f"{CLUSTER}-peers"),
+    (SERVICES, CLUSTER),
+    (STATEFUL_SETS, CLUSTER),
+    (PDBS, CLUSTER),
+)
+
+
+def run(scenario: Any) -> None:
+    asyncio.run(asyncio.wait_for(scenario, SCENARIO_TIMEOUT_S))
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def owned_objects(api: KubeApi) -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for resource, name in OWNED:
+        body = await api.get(resource, NAMESPACE, name)
+        if body is not None:
+            found[(resource.kind, name)] = body
+    return found
+
+
+def assert_owned_by(body: dict[str, Any], owner: dict[str, Any]) -> None:
+    metadata = body["metadata"]
+    assert metadata["ownerReferences"] == [
+        {
+            "apiVersion": "taskraft.io/v1alpha1",
+            "kind": "QueueCluster",
+            "name": CLUSTER,
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert metadata["labels"]["app.kubernetes.io/instance"] == CLUSTER
+    assert metadata["labels"]["app.kubernetes.io/managed-by"] == "taskraft-operator"
+    assert metadata["annotations"][SPEC_HASH_ANNOTATION]
+
+
+class Driver:
+    """Runs the simulated controllers and one reconcile at a time, recording each action."""
+
+    def __init__(self, api: KubeApi, http: NodeHttp, nodes: PodNodes | None) -> None:
+        self.api = api
+        self.http = http
+        self.nodes = nodes
+        self.simulation = None if nodes is None else Simulation(api, nodes)
+        self.endpoints = Endpoints() if nodes is None else nodes.endpoints()
+        self.events = EventLog()
+        self.memory = ClusterMemory()
+        self.actions: list[Action] = []
+        self.plan: Plan | None = None
+
+    async def step(self) -> Plan | None:
+        if self.simulation is not None:
+            await self.simulation.step()
+        body = await get_cluster(self.api)
+        plan = await reconcile(
+            body,
+            self.api,
+            self.http,
+            endpoints=self.endpoints,
+            events=self.events,
+            memory=self.memory,
+        )
+        if plan is not None:
+            self.actions.append(plan.action)
+            self.plan = plan
+        return plan
+
+    async def until(self, condition: Any, what: str) -> Plan:
+        """Step until `condition(plan)` holds for the plan of a step."""
+
+        async def probe() -> Plan | None:
+            plan = await self.step()
+            return plan if plan is not None and condition(plan) else None
+
+        return await eventually(probe, what)
+
+
+def voters(plan: Plan) -> list[str]:
+    return sorted(member.id for member in plan.status.members if member.voter)
+
+
+def available(plan: Plan) -> bool:
+    condition = plan.status.condition("Available")
+    return condition is not None and condition.status == "True"
+
+
+def kinds(actions: Sequence[Action]) -> list[str]:
+    return [type(action).__name__ for action in actions]
+
+
+# ---------------------------------------------------------------------------------------------
+# Without nodes
+
+
+def test_first_runs_create_the_owned_objects_with_owner_references() -> None:
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            try:
+                owner = await api.create(QUEUE_CLUSTERS, NAMESPACE, queue_cluster())
+                driver = Driver(api, http, nodes=None)
+                applied_before = sample(
+                    "taskraft_operator_actions_total", {"action": "EnsureObject"}
+                )
+                # One object per run, in the planner's order; then it waits for the
+                # StatefulSet controller, which does not run here.
+                for _ in range(len(OWNED) + 1):
+                    await driver.step()
+                assert [
+                    (action.kind, action.name)
+                    for action in driver.actions
+                    if isinstance(action, EnsureObject)
+                ] == [(resource.kind, name) for resource, name in OWNED]
+                assert kinds(driver.actions)[-1] == "Wait"
+                objects = await owned_objects(api)
+                assert len(objects) == len(OWNED)
+                for body in objects.values():
+                    assert_owned_by(body, owner)
+                stateful_set = objects[("StatefulSet", CLUSTER)]
+                assert stateful_set["spec"]["replicas"] == 3
+                assert stateful_set["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+                status = status_from_dict((await get_cluster(api))["status"])
+                assert status.phase == "Creating"
+                assert status.progress.founding_members == ("qc-0", "qc-1", "qc-2")
+                assert driver.events.reasons().count("ObjectApplied") == len(OWNED)
+                applied_after = sample(
+                    "taskraft_operator_actions_total", {"action": "EnsureObject"}
+                )
+                assert applied_after - applied_before == len(OWNED)
+
+                # Nothing changes, nothing is applied again.
+                await driver.step()
+                assert kinds(driver.actions)[-1] == "Wait"
+                assert driver.events.reasons().count("ObjectApplied") == len(OWNED)
+            finally:
+                await api.close()
+                await http.close()
+
+    run(scenario())
+
+
+def test_an_unreadable_spec_is_reported_and_nothing_is_created() -> None:
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            try:
+                await api.create(QUEUE_CLUSTERS, NAMESPACE, queue_cluster(spec={"replicas": "3"}))
+                driver = Driver(api, http, nodes=None)
+                assert await driver.step() is None
+                assert await driver.step() is None
+                assert await owned_objects(api) == {}
+                status = status_from_dict((await get_cluster(api))["status"])
+                assert status.phase == "Invalid"
+                progressing = status.condition("Progressing")
+                assert progressing is not None and progressing.reason == "InvalidSpec"
+                assert "spec.replicas" in progressing.message
+                # Reported once, not on every run.
+                assert driver.events.reasons() == ["InvalidSpec"]
+            finally:
+                await api.close()
+                await http.close()
+
+    run(scenario())
+
+
+def test_observe_reads_the_owned_objects_pods_claims_and_node_statuses() -> None:
+    async def fake_node(node_id: str) -> TestServer:
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"node_id": node_id, "version": "0.1.0", "role": "leader", "term": 2,
+                 "members": [{"id": node_id, "peer_address": "x:1", "voter": True}]}
+            )  # fmt: skip
+
+        application = web.Application()
+        application.router.add_get("/v1/status", status)
+        server = TestServer(application, host="127.0.0.1")
+        await server.start_server()
+        return server
+
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            answering, impostor = await fake_node("qc-0"), await fake_node("qc-7")
+            silent = free_port()
+            addresses = {
+                0: f"127.0.0.1:{answering.port}",
+                1: f"127.0.0.1:{silent}",
+                2: f"127.0.0.1:{impostor.port}",
+            }
+            endpoints = Endpoints(http=lambda cluster, namespace, ordinal: addresses[ordinal])
+            labels = {"app.kubernetes.io/name": "taskraft", "app.kubernetes.io/instance": CLUSTER}
+            other = {**labels, "app.kubernetes.io/instance": "other"}
+            try:
+                await api.create(
+                    STATEFUL_SETS,
+                    NAMESPACE,
+                    {
+                        "metadata": {
+                            "name": CLUSTER,
+                            "generation": 2,
+                            "annotations": {SPEC_HASH_ANNOTATION: "sts-hash"},
+                        },
+                        "spec": {
+                            "replicas": 3,
+                            "volumeClaimTemplates": [
+                                {
+                                    "metadata": {"name": "data"},
+                                    "spec": {
+                                        "storageClassName": "fast",
+                                        "resources": {"requests": {"storage": "2Gi"}},
+                                    },
+                                }
+                            ],
+                        },
+                        "status": {"observedGeneration": 1, "updateRevision": "qc-abc"},
+                    },
+                )
+                await api.create(
+                    CONFIG_MAPS,
+                    NAMESPACE,
+                    {"metadata": {"name": "qc-config", "annotations": {SPEC_HASH_ANNOTATION: "c"}}},
+                )
+                await api.create(SERVICES, NAMESPACE, {"metadata": {"name": CLUSTER}})
+                ready = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                for name, pod_labels, extra, status in (
+                    ("qc-0", labels, {"uid": "u0"}, ready),
+                    (
+                        "qc-1",
+                        labels,
+                        {
+                            # A pod being deleted (kept by a finalizer, as a real one is kept by
+                            # its grace period).
+                            "deletionTimestamp": "2026-01-01T00:00:00Z",
+                            "finalizers": ["tests/hold"],
+                        },
+                        {},
+                    ),
+                    ("qc-2", labels, {}, ready),
+                    ("other-0", other, {}, ready),
+                ):
+                    revision = {"controller-revision-hash": "qc-abc"}
+                    metadata = {"name": name, "labels": {**pod_labels, **revision}, **extra}
+                    await api.create(PODS, NAMESPACE, {"metadata": metadata, "status": status})
+                for name, claim_labels in (("data-qc-0", labels), ("data-qc-4", labels),
+                                           ("data-other-0", other)):  # fmt: skip
+                    metadata = {"name": name, "labels": claim_labels}
+                    await api.create(PVCS, NAMESPACE, {"metadata": metadata})
+
+                desired = DesiredSpec(
+                    name=CLUSTER, namespace=NAMESPACE, image="taskraft:test", version="1"
+                )
+                now = datetime(2026, 1, 1, tzinfo=UTC)
+                observation = await observe(desired, None, api, http, endpoints=endpoints, now=now)
+                state = observation.state
+                assert state.now == now
+                assert state.stateful_set == ObservedStatefulSet(
+                    replicas=3,
+                    spec_hash="sts-hash",
+                    generation=2,
+                    observed_generation=1,
+                    update_revision="qc-abc",
+                    storage=StorageSpec(size="2Gi", storage_class="fast"),
+                )
+                assert state.objects == {("ConfigMap", "qc-config"): "c", ("Service", "qc"): None}
+                assert sorted(state.pods) == [0, 1, 2]
+                first, second, third = state.pods[0], state.pods[1], state.pods[2]
+                assert first.uid == "u0" and first.ready and first.revision == "qc-abc"
+                assert first.node is not None and first.node.is_leader
+                assert second.deleting and not second.ready and second.node is None
+                # A node that answers as another one is not taken for this pod's.
+                assert third.ready and third.node is None
+                assert state.pvcs == frozenset({0, 4})
+                assert observation.unreachable == ("qc-1", "qc-2")
+            finally:
+                await api.close()
+                await http.close()
+                await answering.close()
+                await impostor.close()
+
+    run(scenario())
+
+
+def test_a_pod_is_deleted_only_while_it_has_the_planned_uid() -> None:
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            try:
+                owner = await api.create(QUEUE_CLUSTERS, NAMESPACE, queue_cluster())
+                pod = await api.create(PODS, NAMESPACE, {"metadata": {"name": "qc-1"}})
+                events = EventLog()
+                context = ActionContext(
+                    owner=owner,
+                    desired=DesiredSpec(
+                        name=CLUSTER, namespace=NAMESPACE, image="taskraft:test", version="1"
+                    ),
+                    api=api,
+                    http=http,
+                    endpoints=Endpoints(),
+                    events=events,
+                )
+                # The planned pod was replaced by another of the same name: not deleted.
+                stale = DeletePod(pod="qc-1", uid="another-uid", reason="roll")
+                outcome = await carry_out(stale, context)
+                assert outcome.done and "already replaced" in outcome.message
+                assert await api.get(PODS, NAMESPACE, "qc-1") is not None
+                # The planned pod: deleted; a retry finds it gone.
+                planned = DeletePod(pod="qc-1", uid=pod["metadata"]["uid"], reason="roll")
+                assert (await carry_out(planned, context)).done
+                assert await api.get(PODS, NAMESPACE, "qc-1") is None
+                outcome = await carry_out(planned, context)
+                assert outcome.done and "already gone" in outcome.message
+                assert events.reasons() == ["PodDeleted"] * 3
+            finally:
+                await api.close()
+                await http.close()
+
+    run(scenario())
+
+
+def test_the_metrics_server_serves_the_operator_metrics() -> None:
+    server = metrics.serve(0, "127.0.0.1")
+    try:
+        metrics.RECONCILES.labels("waited").inc(0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        assert "taskraft_operator_reconciles_total" in text
+        assert "taskraft_operator_reconcile_duration_seconds_bucket" in text
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The kopf operator
+
+
+def test_the_kopf_operator_creates_the_objects_and_writes_the_status() -> None:
+    async def scenario() -> None:
+        async with emulated_api_in_thread() as url:
+            registry = kopf.OperatorRegistry()
+            register(registry, OperatorConfig(login=login_to(url), metrics_port=0, interval_s=0.2))
+            settings = kopf.OperatorSettings()
+            settings.scanning.disabled = True  # no namespace or CRD watching in the emulator
+            stop, ready = asyncio.Event(), asyncio.Event()
+            operator = asyncio.create_task(
+                kopf.operator(
+                    registry=registry,
+                    settings=settings,
+                    standalone=True,
+                    namespaces=[NAMESPACE],
+                    stop_flag=stop,
+                    ready_flag=ready,
+                )
+            )
+            api = KubeApi(login_to(url))
+            try:
+                await asyncio.wait_for(ready.wait(), 10)
+                owner = await api.create(QUEUE_CLUSTERS, NAMESPACE, queue_cluster())
+
+                async def all_objects() -> dict[tuple[str, str], dict[str, Any]] | None:
+                    found = await owned_objects(api)
+                    return found if len(found) == len(OWNED) else None
+
+                objects = await eventually(all_objects, "owned objects")
+                for body in objects.values():
+                    assert_owned_by(body, owner)
+
+                async def waiting_status() -> dict[str, Any] | None:
+                    body = await get_cluster(api)
+                    status = body.get("status") or {}
+                    progressing = [
+                        condition
+                        for condition in status.get("conditions", ())
+                        if condition["type"] == "Progressing"
+                    ]
+                    # The StatefulSet controller does not run: the operator waits for it.
+                    if progressing and "StatefulSet controller" in progressing[0]["message"]:
+                        return body
+                    return None
+
+                body = await eventually(waiting_status, "a status waiting for the controller")
+                assert body["status"]["phase"] == "Creating"
+                # kopf's finalizer: the timer runs for the object until it is deleted.
+                assert body["metadata"]["finalizers"]
+
+                async def posted_events() -> list[dict[str, Any]] | None:
+                    events = ApiResource("v1", "events", "Event")
+                    items = await api.list(events, NAMESPACE, {})
+                    applied = [item for item in items if item.get("reason") == "ObjectApplied"]
+                    return applied if len(applied) >= len(OWNED) else None
+
+                events = await eventually(posted_events, "an event for each applied object")
+                assert all(event["involvedObject"]["name"] == CLUSTER for event in events)
+            finally:
+                stop.set()
+                await asyncio.wait_for(operator, 20)
+                await api.close()
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# With taskraft nodes behind the pods
+
+
+def test_a_cluster_forms_scales_up_through_the_nodes_api_and_snapshots(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            nodes = PodNodes(tmp_path / "nodes", cluster=CLUSTER, founders=3, capacity=4)
+            try:
+                await api.create(
+                    QUEUE_CLUSTERS,
+                    NAMESPACE,
+                    queue_cluster(
+                        replicas=3,
+                        queues=[
+                            {"name": "emails", "maxDeliveries": 3, "deadLetterQueue": "dead"},
+                            {"name": "dead"},
+                        ],
+                    ),
+                )
+                driver = Driver(api, http, nodes)
+                assert driver.simulation is not None
+
+                # Formation: three pods, three voters, a leader; the declared queues exist.
+                plan = await driver.until(
+                    lambda plan: available(plan) and len(voters(plan)) == 3,
+                    "three voters and a leader",
+                )
+                assert plan.status.leader in {"qc-0", "qc-1", "qc-2"}
+                assert voters(plan) == ["qc-0", "qc-1", "qc-2"]
+                assert sorted(driver.simulation.started) == ["qc-0", "qc-1", "qc-2"]
+                await driver.until(
+                    lambda plan: plan.status.phase == "Running" and plan.status.progress.founded,
+                    "a founded, running cluster",
+                )
+                config_map = await api.get(CONFIG_MAPS, NAMESPACE, f"{CLUSTER}-config")
+                assert config_map is not None
+                assert "join = true" in config_map["data"]["qc-0.toml"]
+                async with AsyncClient(nodes.endpoints().client(CLUSTER, NAMESPACE)) as client:
+                    queues = {queue.name: queue for queue in await client.list_queues()}
+                assert queues["emails"].policies.dead_letter_queue == "dead"
+                assert queues["emails"].policies.max_deliveries == 3
+                assert "dead" in queues
+                assert driver.events.reasons().count("QueueCreated") == 2
+
+                # Scale 3 -> 4: one more pod, added as a learner, promoted once caught up.
+                await api.merge_patch(QUEUE_CLUSTERS, NAMESPACE, CLUSTER, {"spec": {"replicas": 4}})
+                added_before = sample("taskraft_operator_actions_total", {"action": "AddLearner"})
+                first = len(driver.actions)
+                plan = await driver.until(
+                    lambda plan: len(voters(plan)) == 4 and plan.status.phase == "Running",
+                    "four voters",
+                )
+                scale_actions = [
+                    action
+                    for action in driver.actions[first:]
+                    if isinstance(action, ScaleStatefulSet | AddLearner | Promote)
+                ]
+                assert scale_actions[0] == ScaleStatefulSet(replicas=4)
+                assert isinstance(scale_actions[1], AddLearner)
+                assert scale_actions[1].node_id == "qc-3"
+                assert isinstance(scale_actions[-1], Promote)
+                assert scale_actions[-1].node_id == "qc-3"
+                assert kinds(scale_actions) == ["ScaleStatefulSet", "AddLearner", "Promote"]
+                assert driver.simulation.started[-1] == "qc-3"
+                assert sample("taskraft_operator_actions_total", {"action": "AddLearner"}) == (
+                    added_before + 1
+                )
+                leader = plan.status.leader
+                assert leader is not None
+                document = await nodes.status(leader)
+                assert document is not None
+                member = next(item for item in document["members"] if item["id"] == "qc-3")
+                assert member["voter"] is True
+                assert member["peer_address"] == nodes.node(3).peer_address
+                assert {"MemberAdded", "MemberPromoted"} <= set(driver.events.reasons())
+
+                # An admin call sent to a follower reaches the leader through its 307.
+                follower = next(pod for pod in ("qc-0", "qc-1", "qc-2") if pod != leader)
+                answer = await http.call(
+                    nodes.node(int(follower.rsplit("-", 1)[1])).http_address,
+                    "POST",
+                    "/v1/members",
+                    {"id": "qc-3", "peer_address": nodes.node(3).peer_address},
+                )
+                assert answer.status == 200, answer
+                assert nodes.node(int(leader.rsplit("-", 1)[1])).http_address in answer.url
+
+                # A snapshot request: each ready member snapshots once, the leader first.
+                await api.merge_patch(
+                    QUEUE_CLUSTERS,
+                    NAMESPACE,
+                    CLUSTER,
+                    {"metadata": {"annotations": {SNAPSHOT_REQUEST_ANNOTATION: "backup-1"}}},
+                )
+                first = len(driver.actions)
+                plan = await driver.until(
+                    lambda plan: (
+                        plan.status.last_snapshot is not None
+                        and plan.status.last_snapshot.token == "backup-1"
+                        and plan.status.progress.snapshot.round is None
+                    ),
+                    "a finished snapshot round",
+                )
+                snapshots = [
+                    action for action in driver.actions[first:] if isinstance(action, TakeSnapshot)
+                ]
+                assert snapshots[0].pod == plan.status.leader
+                assert sorted(action.pod for action in snapshots) == [
+                    "qc-0",
+                    "qc-1",
+                    "qc-2",
+                    "qc-3",
+                ]
+                record = plan.status.last_snapshot
+                assert record is not None and record.trigger == "request" and record.index > 0
+                stored = status_from_dict((await get_cluster(api))["status"])
+                assert stored.last_snapshot == record
+                assert stored.progress.snapshot.handled_request == "backup-1"
+                document = await nodes.status(record.pod)
+                assert document is not None and document["snapshot_index"] >= record.index
+                # The request is handled: no further round for the same value.
+                await driver.step()
+                assert not isinstance(driver.actions[-1], TakeSnapshot)
+            except BaseException:
+                print(nodes.log_tails())
+                raise
+            finally:
+                await api.close()
+                await http.close()
+                await nodes.close()
+
+    run(scenario())
