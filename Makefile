@@ -7,7 +7,7 @@ SIM_ARGS ?=
 
 MAKEFLAGS += --no-print-directory
 
-.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick clean
+.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick e2e clean
 
 install: $(STAMP)
 
@@ -54,6 +54,12 @@ bench: $(STAMP)
 # The same with small counts, in under a minute: checks that the benchmark works.
 bench-quick: $(STAMP)
 	$(BIN)/python bench/queue_bench.py --quick
+
+# The user's story on a real cluster (docs/kubernetes.md): needs KUBECONFIG, the images
+# taskraft:0.1.0 and taskraft-operator:0.1.0 loaded into the cluster, and Helm (`make helm` or
+# helm on PATH); every test skips, saying how, without them. Not part of `make test`.
+e2e: $(STAMP)
+	$(BIN)/pytest e2e -v
 
 # Helm, built from source with the Go toolchain (no release binary is downloaded), for
 # tests/operator/test_chart.py: `helm lint` and `helm template` of charts/taskraft-operator.

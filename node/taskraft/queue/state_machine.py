@@ -432,14 +432,16 @@ class QueueStateMachine:
         self._next_sequence = sequence + 1
         if delay_ms:
             deadline = self._clock_ms + delay_ms
-            self._tasks[task_id] = TaskRecord(
-                task_id, queue.queue_id, priority, payload, 0, DELAYED, sequence, deadline, NONE
+            self._tasks[task_id] = _new_tuple(
+                TaskRecord,
+                (task_id, queue.queue_id, priority, payload, 0, DELAYED, sequence, deadline, NONE),
             )
             heapq.heappush(self._deadlines, (deadline, sequence, task_id))
             queue.delayed_count += 1
         else:
-            self._tasks[task_id] = TaskRecord(
-                task_id, queue.queue_id, priority, payload, 0, READY, sequence, NONE, NONE
+            self._tasks[task_id] = _new_tuple(
+                TaskRecord,
+                (task_id, queue.queue_id, priority, payload, 0, READY, sequence, NONE, NONE),
             )
             queue.ready.push(priority, sequence, task_id)
             queue.ready_count += 1
@@ -622,10 +624,20 @@ class QueueStateMachine:
                     DeliveredTask(task_id, name, priority, payload, deliveries, None, None)
                 )
                 continue
-            records[task_id] = TaskRecord(
-                task_id, queue_id, priority, payload, deliveries, LEASED, token, expires_ms,
-                token,
-            )  # fmt: skip
+            records[task_id] = _new_tuple(
+                TaskRecord,
+                (
+                    task_id,
+                    queue_id,
+                    priority,
+                    payload,
+                    deliveries,
+                    LEASED,
+                    token,
+                    expires_ms,
+                    token,
+                ),
+            )
             heapq.heappush(deadlines, (expires_ms, token, task_id))
             delivered.append(
                 DeliveredTask(task_id, name, priority, payload, deliveries, token, expires_ms)
@@ -684,10 +696,20 @@ class QueueStateMachine:
         token = self._next_sequence
         self._next_sequence = token + 1
         expires_ms = self._clock_ms + lease_ms
-        self._tasks[task_id] = TaskRecord(
-            task_id, queue.queue_id, record.priority, record.payload, deliveries, LEASED, token,
-            expires_ms, token,
-        )  # fmt: skip
+        self._tasks[task_id] = _new_tuple(
+            TaskRecord,
+            (
+                task_id,
+                queue.queue_id,
+                record.priority,
+                record.payload,
+                deliveries,
+                LEASED,
+                token,
+                expires_ms,
+                token,
+            ),
+        )
         heapq.heappush(self._deadlines, (expires_ms, token, task_id))
         queue.leased_count += 1
         return DeliveredTask(
@@ -790,10 +812,20 @@ class QueueStateMachine:
         """Queue the task behind the ready tasks of its priority (it gets a new sequence)."""
         sequence = self._next_sequence
         self._next_sequence = sequence + 1
-        self._tasks[record.task_id] = TaskRecord(
-            record.task_id, queue.queue_id, record.priority, record.payload, record.deliveries,
-            READY, sequence, NONE, NONE,
-        )  # fmt: skip
+        self._tasks[record.task_id] = _new_tuple(
+            TaskRecord,
+            (
+                record.task_id,
+                queue.queue_id,
+                record.priority,
+                record.payload,
+                record.deliveries,
+                READY,
+                sequence,
+                NONE,
+                NONE,
+            ),
+        )
         queue.ready.push(record.priority, sequence, record.task_id)
         queue.ready_count += 1
 
@@ -849,9 +881,7 @@ class QueueStateMachine:
 
     def queue_statistics(self) -> list[tuple[str, QueueCounts, QueueStatistics]]:
         """Every queue's name, counts and statistics, for metrics."""
-        return [
-            (queue.name, queue.counts(), queue.statistics) for queue in self._queues.values()
-        ]
+        return [(queue.name, queue.counts(), queue.statistics) for queue in self._queues.values()]
 
     def describe_queue(self, queue: str) -> QueueDescription:
         return self._queue(queue).describe()
