@@ -182,6 +182,8 @@ class DesiredSpec:
     leader_restart_approval: str | None = None
     snapshot_request: str | None = None
     step_timeout_s: int = 600
+    # `spec.backup.claimName`: the PVC each completed snapshot round is copied to (a Job).
+    backup_claim_name: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +323,20 @@ ObjectKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ObservedJob:
+    """A backup Job of the cluster: `succeeded`/`failed` from its Complete/Failed condition;
+    neither means it still runs (or waits to)."""
+
+    name: str
+    succeeded: bool = False
+    failed: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ObservedState:
     """Everything the planner knows about the world, gathered by the handler just before.
 
@@ -336,6 +352,8 @@ class ObservedState:
     pods: Mapping[int, ObservedPod] = field(default_factory=dict)
     pvcs: frozenset[int] = frozenset()
     status: ClusterStatus | None = None
+    # The cluster's backup Jobs (listed by its labels), by name.
+    jobs: Mapping[str, ObservedJob] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,6 +498,22 @@ class SnapshotRecord:
     token: str
 
 
+BackupState = Literal["Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupRecord:
+    """The newest backup Job: the snapshot (`index`, `term`) it copies from `pod`."""
+
+    index: int
+    term: int
+    pod: str
+    job: str
+    state: BackupState
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterStatus:
     phase: str
@@ -493,6 +527,7 @@ class ClusterStatus:
     target_revision: str | None = None
     last_snapshot: SnapshotRecord | None = None
     snapshots: tuple[SnapshotRecord, ...] = ()
+    last_backup: BackupRecord | None = None
     conditions: tuple[Condition, ...] = ()
     warnings: tuple[str, ...] = ()
     progress: Progress = field(default_factory=Progress)
@@ -530,6 +565,7 @@ def status_to_dict(status: ClusterStatus) -> dict[str, Any]:
         "targetRevision": status.target_revision,
         "lastSnapshot": _snapshot_to_dict(status.last_snapshot),
         "snapshots": [_snapshot_to_dict(record) for record in status.snapshots],
+        "lastBackup": _backup_to_dict(status.last_backup),
         "conditions": [
             {
                 "type": condition.type,
@@ -568,6 +604,7 @@ def status_from_dict(document: Mapping[str, Any]) -> ClusterStatus:
                 for record in (_snapshot_from_dict(item) for item in document.get("snapshots", ()))
                 if record is not None
             ),
+            last_backup=_backup_from_dict(document.get("lastBackup")),
             conditions=tuple(
                 Condition(
                     type=item["type"],
@@ -636,6 +673,37 @@ def _snapshot_from_dict(item: Mapping[str, Any] | None) -> SnapshotRecord | None
         size_bytes=int(item["sizeBytes"]),
         trigger=item["trigger"],
         token=item["token"],
+    )
+
+
+def _backup_to_dict(record: BackupRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "index": record.index,
+        "term": record.term,
+        "pod": record.pod,
+        "job": record.job,
+        "state": record.state,
+        "startedAt": format_time(record.started_at),
+        "finishedAt": _optional_time(record.finished_at),
+    }
+
+
+def _backup_from_dict(item: Mapping[str, Any] | None) -> BackupRecord | None:
+    if item is None:
+        return None
+    state = item["state"]
+    if state not in ("Running", "Succeeded", "Failed"):
+        raise KeyError(f"unknown backup state {state!r}")
+    return BackupRecord(
+        index=int(item["index"]),
+        term=int(item["term"]),
+        pod=item["pod"],
+        job=item["job"],
+        state=state,
+        started_at=parse_time(item["startedAt"]),
+        finished_at=_optional_parsed_time(item.get("finishedAt")),
     )
 
 

@@ -24,8 +24,9 @@ What `observe` reads, all concurrently: the StatefulSet `{name}`, the ConfigMap
 `{name}-config`, the Services `{name}-peers` and `{name}`, the PodDisruptionBudget `{name}`
 (each only for its `taskraft.io/spec-hash` annotation), the pods and the data PVCs of the
 cluster (listed by the cluster's labels and then matched by name, `{name}-{ordinal}` and
-`data-{name}-{ordinal}`), and the `/v1/status` of every pod's node, ready or not (None when it
-does not answer within `NodeHttp.status_timeout_s`, or answers as another node).
+`data-{name}-{ordinal}`), the backup Jobs (listed by the same labels, only when
+`spec.backup.claimName` is set), and the `/v1/status` of every pod's node, ready or not (None
+when it does not answer within `NodeHttp.status_timeout_s`, or answers as another node).
 """
 
 from __future__ import annotations
@@ -96,11 +97,12 @@ PODS = ApiResource("v1", "pods", "Pod")
 PVCS = ApiResource("v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STATEFUL_SETS = ApiResource("apps/v1", "statefulsets", "StatefulSet")
 PDBS = ApiResource("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
+JOBS = ApiResource("batch/v1", "jobs", "Job")
 QUEUE_CLUSTERS = ApiResource(API_VERSION, PLURAL, KIND)
 
 RESOURCES_BY_KIND: Mapping[str, ApiResource] = {
     resource.kind: resource
-    for resource in (CONFIG_MAPS, SERVICES, PODS, PVCS, STATEFUL_SETS, PDBS, QUEUE_CLUSTERS)
+    for resource in (CONFIG_MAPS, SERVICES, PODS, PVCS, STATEFUL_SETS, PDBS, JOBS, QUEUE_CLUSTERS)
 }
 
 
@@ -474,10 +476,12 @@ async def observe(
         ("Service", name),
         ("PodDisruptionBudget", name),
     )
-    stateful_set_body, pods, pvcs, *objects = await asyncio.gather(
+    stateful_set_body, pods, pvcs, jobs, *objects = await asyncio.gather(
         api.get(STATEFUL_SETS, namespace, name),
         api.list(PODS, namespace, labels),
         api.list(PVCS, namespace, labels),
+        # Backup Jobs only when backups are configured (nothing else lists Jobs).
+        _list_jobs(api, namespace, labels) if desired.backup_claim_name else _no_jobs(),
         *(
             api.get(RESOURCES_BY_KIND[kind], namespace, object_name)
             for kind, object_name in named_objects
@@ -521,11 +525,35 @@ async def observe(
         pods=observed_pods,
         pvcs=frozenset(pvc_ordinals),
         status=status,
+        jobs={job.name: job for job in map(observed_job, jobs) if job.name},
     )
     unreachable = tuple(
         model.pod_name(name, ordinal) for ordinal, pod in observed_pods.items() if pod.node is None
     )
     return Observation(state=state, unreachable=unreachable)
+
+
+async def _list_jobs(
+    api: KubeApi, namespace: str, labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    return await api.list(JOBS, namespace, labels)
+
+
+async def _no_jobs() -> list[dict[str, Any]]:
+    return []
+
+
+def observed_job(body: Mapping[str, Any]) -> model.ObservedJob:
+    """A Job by its Complete / Failed conditions (`status.succeeded` as a fallback)."""
+    status = body.get("status") or {}
+    finished = {
+        condition.get("type")
+        for condition in status.get("conditions") or ()
+        if isinstance(condition, Mapping) and condition.get("status") == "True"
+    }
+    succeeded = "Complete" in finished or _integer(status.get("succeeded"), 0) > 0
+    failed = "Failed" in finished and not succeeded
+    return model.ObservedJob(name=_name(body), succeeded=succeeded, failed=failed)
 
 
 async def _node_status(http: NodeHttp, address: str, pod: str) -> model.NodeStatus | None:
@@ -643,6 +671,7 @@ __all__ = [
     "default_login",
     "login_to",
     "observe",
+    "observed_job",
     "observed_pod",
     "observed_stateful_set",
     "selector_labels",

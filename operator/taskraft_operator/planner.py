@@ -51,6 +51,12 @@ reads it back and resumes.
 10. Snapshots: when the main decision is Wait, Refuse or Nothing, a snapshot round (requested by
     annotation, or due by the cron schedule) asks each ready member in turn (leader first)
     with TakeSnapshot; the handler records each answer with `record_snapshot`.
+11. Backups (`spec.backup.claimName` set): once a round is complete and `lastSnapshot` is not
+    yet backed up, EnsureObject of the Job `{name}-backup-{index}` (backup_job_manifest), which
+    streams the snapshot from the pod that took it into the claim. `status.lastBackup` records
+    the Job (Running), then its outcome as observed (Succeeded, or Failed: condition Degraded
+    with reason BackupFailed); never two backup Jobs at once. Like snapshots, only in the
+    pauses of the work.
 
 ## Quorum rules
 
@@ -92,6 +98,7 @@ from taskraft_operator.model import (
     CLIENT_PORT,
     HTTP_PORT,
     PEER_PORT,
+    BackupRecord,
     ClusterStatus,
     Condition,
     ConfigValue,
@@ -120,6 +127,7 @@ from taskraft_operator.model import (
     ordinal_of,
     peer_address,
     peers_service_name,
+    pod_dns_name,
     pod_name,
     pvc_name,
 )
@@ -142,6 +150,12 @@ REPLICAS_MAX = 15
 NAME_LENGTH_MAX = 52
 # Snapshot history kept in the status: enough to see a pattern, small next to the 1.5 MiB object.
 SNAPSHOT_HISTORY_MAX = 100
+# Backup Jobs: retried twice by Kubernetes, then reported; a finished one is kept a day for its
+# logs (the status keeps the outcome), and one that hangs is stopped after an hour.
+BACKUP_BACKOFF_LIMIT = 2
+BACKUP_TTL_S = 86_400
+BACKUP_DEADLINE_S = 3_600
+BACKUP_MOUNT_PATH = "/backup"
 
 DATA_MOUNT_PATH = "/var/lib/taskraft/data"
 # A subdirectory, so a fresh volume's lost+found never sits in the node's data directory.
@@ -335,15 +349,25 @@ def plan(desired: DesiredSpec, observed: ObservedState) -> Plan:
         step = _decide(view)
     action = step.action
     snapshot = view.progress.snapshot
-    # Snapshots fill the pauses of the work: a step that can go now goes first.
+    backup = _observed_backup(view)
+    # Snapshots and backups fill the pauses of the work: a step that can go now goes first.
     if not desired.paused and not problems and isinstance(action, Wait | Refuse | Nothing):
         snapshot_action, snapshot = _snapshot_step(view, snapshot)
+        backup_action = None
+        if snapshot_action is None and snapshot.round is None:
+            backup_action, backup = _backup_step(view, backup)
         if snapshot_action is not None:
             action = snapshot_action
+        elif backup_action is not None:
+            action = backup_action
         elif isinstance(action, Nothing):
-            action = replace(action, recheck_after_s=_seconds_to_next_snapshot(view))
+            recheck = _seconds_to_next_snapshot(view)
+            if desired.backup_claim_name and backup and backup.state == "Running":
+                # Nothing announces the Job's end: look again.
+                recheck = RECHECK_SLOW_S if recheck is None else min(recheck, RECHECK_SLOW_S)
+            action = replace(action, recheck_after_s=recheck)
     progress = replace(view.progress, operation=step.operation, snapshot=snapshot)
-    status = _status(view, step, progress)
+    status = _status(view, step, progress, backup)
     return Plan(action=action, status=status, events=_events(observed.status, status))
 
 
@@ -1057,10 +1081,182 @@ def _round_done(status: ClusterStatus, pod: str) -> ClusterStatus:
 
 
 # ---------------------------------------------------------------------------------------------
+# Step 11: backups
+
+
+def backup_job_name(cluster: str, index: int) -> str:
+    return f"{cluster}-backup-{index}"
+
+
+def _observed_backup(view: _View) -> BackupRecord | None:
+    """The recorded backup, with the outcome of its Job if it has finished since."""
+    previous = view.observed.status
+    record = None if previous is None else previous.last_backup
+    if record is None or record.state != "Running":
+        return record
+    job = view.observed.jobs.get(record.job)
+    if job is None or not job.finished:
+        return record
+    state: Literal["Succeeded", "Failed"] = "Succeeded" if job.succeeded else "Failed"
+    return replace(record, state=state, finished_at=view.now)
+
+
+def _backup_step(
+    view: _View, record: BackupRecord | None
+) -> tuple[EnsureObject | None, BackupRecord | None]:
+    """The backup Job to ensure (with the record naming it), or None."""
+    claim = view.desired.backup_claim_name
+    previous = view.observed.status
+    snapshot = None if previous is None else previous.last_snapshot
+    if claim is None:
+        return None, record
+    if record is not None and record.state == "Running":
+        if record.job in view.observed.jobs:
+            return None, record  # still running: one at a time
+        # Recorded but not there (the handler died before creating it): ensured again.
+        manifest = backup_job_manifest(view.desired, pod=record.pod, index=record.index)
+        return EnsureObject(kind="Job", name=record.job, manifest=manifest), record
+    if snapshot is None or (
+        record is not None and (record.index, record.term) == (snapshot.index, snapshot.term)
+    ):
+        return None, record
+    if any(not job.finished for job in view.observed.jobs.values()):
+        return None, record  # a Job the status does not name (the record was lost) still runs
+    pod = view.pod(snapshot.pod)
+    if pod is None or not pod.ready or pod.deleting:
+        return None, record  # the pod holding the snapshot must serve it
+    name = backup_job_name(view.name, snapshot.index)
+    manifest = backup_job_manifest(view.desired, pod=snapshot.pod, index=snapshot.index)
+    new_record = BackupRecord(
+        index=snapshot.index,
+        term=snapshot.term,
+        pod=snapshot.pod,
+        job=name,
+        state="Running",
+        started_at=view.now,
+    )
+    return EnsureObject(kind="Job", name=name, manifest=manifest), new_record
+
+
+# Run by the node image's Python in the backup Job: `python -c SCRIPT URL DIRECTORY PREFIX`.
+# Streams GET URL (/v1/snapshot) into DIRECTORY/PREFIX-{index}-{term}.snapshot.partial,
+# checks the crc32 the node sent, fsyncs, writes the .json of the headers the same way, then
+# renames both into place and fsyncs the directory. Any failure exits non-zero (the Job
+# retries) and leaves no file under the final names.
+BACKUP_SCRIPT = """\
+import json, os, sys, urllib.request, zlib
+url, directory, prefix = sys.argv[1:4]
+with urllib.request.urlopen(url, timeout=60) as response:
+    index = int(response.headers["X-Taskraft-Snapshot-Index"])
+    term = int(response.headers["X-Taskraft-Snapshot-Term"])
+    expected = response.headers["X-Taskraft-Snapshot-Crc32"].strip().lower()
+    base = os.path.join(directory, f"{prefix}-{index}-{term}")
+    partial = base + ".snapshot.partial"
+    crc, size = 0, 0
+    try:
+        with open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = format(crc, "08x")
+        if actual != expected:
+            sys.exit(f"crc32 mismatch: the node sent {expected}, the data has {actual}")
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+meta = {"url": url, "index": index, "term": term, "crc32": actual, "size_bytes": size,
+        "headers": {"X-Taskraft-Snapshot-Index": str(index),
+                    "X-Taskraft-Snapshot-Term": str(term),
+                    "X-Taskraft-Snapshot-Crc32": expected}}
+with open(base + ".json.partial", "w") as out:
+    json.dump(meta, out, indent=2, sort_keys=True)
+    out.flush()
+    os.fsync(out.fileno())
+os.rename(partial, base + ".snapshot")
+os.rename(base + ".json.partial", base + ".json")
+descriptor = os.open(directory, os.O_RDONLY)
+try:
+    os.fsync(descriptor)
+finally:
+    os.close(descriptor)
+print(f"backed up {base}.snapshot: index {index}, term {term}, {size} bytes, crc32 {actual}")
+"""
+
+
+def backup_job_manifest(desired: DesiredSpec, *, pod: str, index: int) -> dict[str, Any]:
+    """The Job copying `pod`'s newest snapshot (taken at `index`) into the backup claim.
+
+    Its pod does not carry the cluster's selector labels: the Services and the PDB must not
+    pick it up.
+    """
+    ordinal = ordinal_of(desired.name, pod)
+    host = pod_dns_name(desired.name, desired.namespace, 0 if ordinal is None else ordinal)
+    url = f"http://{host}:{HTTP_PORT}/v1/snapshot"
+    container = {
+        "name": "backup",
+        "image": desired.image,
+        "imagePullPolicy": desired.image_pull_policy,
+        "command": ["python", "-c", BACKUP_SCRIPT, url, BACKUP_MOUNT_PATH, desired.name],
+        "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "backup", "mountPath": BACKUP_MOUNT_PATH}],
+    }
+    spec: dict[str, Any] = {
+        "backoffLimit": BACKUP_BACKOFF_LIMIT,
+        "ttlSecondsAfterFinished": BACKUP_TTL_S,
+        "activeDeadlineSeconds": BACKUP_DEADLINE_S,
+        "template": {
+            "metadata": {
+                "labels": {
+                    "app.kubernetes.io/name": "taskraft-backup",
+                    "app.kubernetes.io/instance": desired.name,
+                    "app.kubernetes.io/managed-by": "taskraft-operator",
+                }
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": NODE_USER_ID,
+                    "runAsGroup": NODE_USER_ID,
+                    "fsGroup": NODE_USER_ID,
+                },
+                "containers": [container],
+                "volumes": [
+                    {
+                        "name": "backup",
+                        "persistentVolumeClaim": {"claimName": desired.backup_claim_name},
+                    }
+                ],
+            },
+        },
+    }
+    metadata = _metadata(desired, backup_job_name(desired.name, index))
+    metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/component": "backup"}
+    manifest: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": spec,
+    }
+    return _with_spec_hash(manifest, spec)
+
+
+# ---------------------------------------------------------------------------------------------
 # Status, conditions and events
 
 
-def _status(view: _View, step: _Step, progress: Progress) -> ClusterStatus:
+def _status(
+    view: _View, step: _Step, progress: Progress, backup: BackupRecord | None
+) -> ClusterStatus:
     desired = view.desired
     previous = view.observed.status
     members = _member_reports(view)
@@ -1069,7 +1265,7 @@ def _status(view: _View, step: _Step, progress: Progress) -> ClusterStatus:
         current_version: str | None = versions.pop()
     else:
         current_version = previous.current_version if previous is not None else None
-    conditions = _conditions(view, step)
+    conditions = _conditions(view, step, backup)
     return ClusterStatus(
         phase=_phase(view, step, conditions),
         observed_generation=desired.generation,
@@ -1082,6 +1278,7 @@ def _status(view: _View, step: _Step, progress: Progress) -> ClusterStatus:
         target_revision=view.template_hash,
         last_snapshot=None if previous is None else previous.last_snapshot,
         snapshots=() if previous is None else previous.snapshots,
+        last_backup=backup,
         conditions=_with_transition_times(conditions, previous, view.now),
         warnings=tuple(_warnings(view)),
         progress=progress,
@@ -1126,11 +1323,13 @@ def _member_reports(view: _View) -> tuple[MemberReport, ...]:
 _ConditionValue = tuple[Literal["True", "False", "Unknown"], str, str]
 
 
-def _conditions(view: _View, step: _Step) -> dict[str, _ConditionValue]:
+def _conditions(
+    view: _View, step: _Step, backup: BackupRecord | None
+) -> dict[str, _ConditionValue]:
     return {
         "Available": _available(view),
         "Progressing": _progressing(view, step),
-        "Degraded": _degraded(view, step),
+        "Degraded": _degraded(view, step, backup),
         "QuorumAtRisk": _quorum_at_risk(view, step),
         "Upgrading": _upgrading(view, step),
         "Scaling": _scaling_condition(view, step),
@@ -1173,7 +1372,7 @@ def _progressing(view: _View, step: _Step) -> _ConditionValue:
     return ("True", reasons.get(step.context, "Reconciling"), action_description(action))
 
 
-def _degraded(view: _View, step: _Step) -> _ConditionValue:
+def _degraded(view: _View, step: _Step, backup: BackupRecord | None) -> _ConditionValue:
     if step.notes.stalled is not None:
         return ("True", "StepStalled", step.notes.stalled)
     if view.leader is None:
@@ -1195,6 +1394,13 @@ def _degraded(view: _View, step: _Step) -> _ConditionValue:
         return ("True", "PodsNotReady", f"pods not ready: {not_ready}")
     if planned & (view.voters - view.healthy):
         return ("False", "RollingRestart", f"{sorted(planned)[0]} is restarting for the roll")
+    claim = view.desired.backup_claim_name
+    if claim is not None and backup is not None and backup.state == "Failed":
+        message = (
+            f"backup Job {backup.job} of the snapshot at index {backup.index} failed "
+            f"(claim {claim}); a snapshot at another index is backed up anew"
+        )
+        return ("True", "BackupFailed", message)
     return ("False", "Healthy", f"all {len(view.voters)} voters are ready and caught up")
 
 

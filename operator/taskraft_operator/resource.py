@@ -157,6 +157,7 @@ def desired_spec_from_body(body: Mapping[str, Any]) -> DesiredSpec:
     storage = reader.mapping(spec.get("storage"), "spec.storage")
     retention = reader.mapping(spec.get("pvcRetention"), "spec.pvcRetention")
     snapshots = reader.mapping(spec.get("snapshots"), "spec.snapshots")
+    backup = reader.mapping(spec.get("backup"), "spec.backup")
     defaults = DesiredSpec(name="", namespace="", image="", version="")
 
     desired = DesiredSpec(
@@ -232,6 +233,7 @@ def desired_spec_from_body(body: Mapping[str, Any]) -> DesiredSpec:
             "spec.stepTimeoutSeconds",
             default=defaults.step_timeout_s,
         ),
+        backup_claim_name=reader.optional_text(backup.get("claimName"), "spec.backup.claimName"),
     )
     reader.raise_problems()
     return desired

@@ -37,6 +37,7 @@ from taskraft_operator.model import (
     DesiredSpec,
     NodeMember,
     NodeStatus,
+    ObservedJob,
     ObservedPod,
     ObservedState,
     ObservedStatefulSet,
@@ -135,6 +136,11 @@ class SimCluster:
     uid_counter: int = 0
     history: list[str] = field(default_factory=list)
     leaders_seen: list[str] = field(default_factory=list)
+    # Backup Jobs: name -> ticks left to run; finished ones -> True (succeeded) / False.
+    jobs_running: dict[str, int] = field(default_factory=dict)
+    jobs_finished: dict[str, bool] = field(default_factory=dict)
+    backup_ticks: int = 3
+    fail_backups: bool = False
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.seed)
@@ -230,8 +236,13 @@ class SimCluster:
         objects = {
             key: manifest["metadata"]["annotations"].get("taskraft.io/spec-hash")
             for key, manifest in self.manifests.items()
-            if key[0] != "StatefulSet"
+            if key[0] not in ("StatefulSet", "Job")
         }
+        jobs = {name: ObservedJob(name=name) for name in self.jobs_running}
+        jobs.update(
+            (name, ObservedJob(name=name, succeeded=ok, failed=not ok))
+            for name, ok in self.jobs_finished.items()
+        )
         status = None
         if self.status_document is not None:
             status = status_from_dict(json.loads(json.dumps(self.status_document)))
@@ -242,6 +253,7 @@ class SimCluster:
             pods={ordinal: self.observe_pod(pod) for ordinal, pod in self.pods.items()},
             pvcs=frozenset(self.volumes),
             status=status,
+            jobs=jobs,
         )
 
     def observe_pod(self, pod: SimPod) -> ObservedPod:
@@ -296,6 +308,15 @@ class SimCluster:
         self.run_statefulset_controller()
         self.run_kubelet()
         self.run_raft()
+        self.run_job_controller()
+
+    def run_job_controller(self) -> None:
+        for name, left in list(self.jobs_running.items()):
+            if left > 1:
+                self.jobs_running[name] = left - 1
+            else:
+                del self.jobs_running[name]
+                self.jobs_finished[name] = not self.fail_backups
 
     def run_statefulset_controller(self) -> None:
         statefulset = self.statefulset
@@ -459,6 +480,13 @@ class SimCluster:
     def ensure_object(self, action: EnsureObject) -> None:
         manifest = copy.deepcopy(dict(action.manifest))
         key = (action.kind, action.name)
+        if action.kind == "Job":
+            if key in self.manifests:
+                return  # applying the same Job again changes nothing
+            others = set(self.jobs_running) - {action.name}
+            if others:
+                raise Violation(f"backup Job {action.name} while {sorted(others)} still run")
+            self.jobs_running[action.name] = self.backup_ticks
         before = self.manifests.get(key)
         if action.kind == "StatefulSet" and before is not None:
             for immutable in ("selector", "serviceName", "volumeClaimTemplates", "replicas"):

@@ -58,6 +58,8 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     # Observed by label; planner.DeletePod (with a uid precondition) and planner.DeletePvc.
     ("", "pods"): {"list", "delete"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
+    # planner.EnsureObject of the backup Job (applied like the objects above); observed by label.
+    ("batch", "jobs"): {"get", "list", "create", "patch"},
     # kopf's and the handlers' events.
     ("", "events"): {"create"},
 }
