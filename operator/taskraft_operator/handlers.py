@@ -26,8 +26,8 @@ QueueCluster by a lock kept in kopf's per-object memo:
    round) is on the resource before the action it describes is carried out, so that an
    operator that dies in between resumes from it. This is why the status is written here
    through the API rather than through kopf's `patch`, which kopf applies only after the
-   handler returns, i.e. after the action (and, with create/update handlers and a timer
-   running for the same object, possibly after the next run has begun).
+   handler returns, i.e. after the action (and, with create/update handlers and the periodic
+   loop running for the same object, possibly after the next run has begun).
 5. Post the plan's events (condition changes), then carry out the action (actions.py), which
    posts its own event. A TakeSnapshot's answer is recorded (`planner.record_snapshot`) and
    the status written again.
@@ -36,9 +36,17 @@ QueueCluster by a lock kept in kopf's per-object memo:
    or changed, a declared queue whose policies differ gets a Warning event.
 
 One action per run. Runs come from `@kopf.on.create`, `@kopf.on.resume` and `@kopf.on.update`
-(at once on a change) and from a timer every `interval_s` (5 s, the planner's
-RECHECK_FAST_S) once the object has been idle that long: the planner's recheck hints are all
-at least that, and an action's follow-up comes at the next tick.
+(at once on a change) and from one operator-wide loop (started at startup, stopped at
+cleanup) that every `interval_s` (5 s, the planner's RECHECK_FAST_S) lists the QueueClusters
+of the operator's scope (every namespace with --all-namespaces; with --namespace, those kopf
+delivered a QueueCluster from) and runs each one not being run already: the planner's recheck
+hints are all at least that, and an action's follow-up comes at the next tick. The lock is
+shared by the handlers and the loop (kept per (namespace, name), forgotten once the cluster
+is no longer listed). The loop's events are posted by the operator, as kopf posts them.
+
+No finalizer: kopf adds one only for timers, daemons and deletion handlers, and nothing needs
+to run on deletion (the owner references have Kubernetes delete the owned objects), so a
+QueueCluster can be deleted while no operator runs.
 
 Errors of a run (API server unreachable, a node that refuses) are counted in the metrics,
 logged and, for actions, posted as Warning events; the run ends, and the next one plans again
@@ -47,15 +55,16 @@ from what it observes.
 ## Process-level settings (startup)
 
 Standalone (no peering objects: run one replica), kopf posts events only for its own
-warnings (the timer's "succeeded" lines would otherwise become an event every 5 s), and the
+warnings (its "succeeded" lines would otherwise become events), and the
 metrics server (metrics.py) on `TASKRAFT_OPERATOR_METRICS_PORT` (default 9090; `off` disables).
-`TASKRAFT_OPERATOR_INTERVAL_S` changes the timer's interval (default 5).
+`TASKRAFT_OPERATOR_INTERVAL_S` changes the periodic loop's interval (default 5).
 
 ## What the operator does through the Kubernetes API (for least-privilege RBAC)
 
-- taskraft.io queueclusters: get (this module), list, watch, patch (kopf: its finalizer and
-  annotations); queueclusters/status: patch; queueclusters/finalizers: update (owner
-  references with blockOwnerDeletion, where OwnerReferencesPermissionEnforcement is on).
+- taskraft.io queueclusters: get, list (this module: the runs, the periodic loop), list,
+  watch, patch (kopf: its watch and annotations); queueclusters/status: patch;
+  queueclusters/finalizers: update (owner references with blockOwnerDeletion, where
+  OwnerReferencesPermissionEnforcement is on).
 - apps statefulsets; core configmaps and services; policy poddisruptionbudgets: get, patch
   (server-side apply, and the StatefulSet's scale), create (a server-side apply that creates
   the object is authorized as create too).
@@ -74,7 +83,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +113,7 @@ from taskraft_operator.model import (
 )
 from taskraft_operator.observe import (
     QUEUE_CLUSTERS,
+    ApiResource,
     Endpoints,
     KubeApi,
     KubeApiError,
@@ -455,11 +465,35 @@ class OperatorConfig:
 
 @dataclass(slots=True)
 class _Runtime:
-    """The transports of one operator (one registry), made at startup, closed at cleanup."""
+    """The transports and state of one operator (one registry): made at startup, closed at
+    cleanup."""
 
     api: KubeApi | None = None
     http: NodeHttp | None = None
     metrics_server: metrics.MetricsServer | None = None
+    # The periodic loop (`periodic_reconcile`), started at startup, cancelled at cleanup.
+    loop: asyncio.Task[None] | None = None
+    # kopf watches every namespace (--all-namespaces), or those of --namespace.
+    clusterwide: bool = True
+    # Namespaced mode: the namespaces kopf delivered a QueueCluster from (kopf calls a resume
+    # or create handler for every QueueCluster it watches, so these are the namespaces of the
+    # operator's scope that hold QueueClusters).
+    namespaces: set[str] = field(default_factory=set)
+    # (namespace, name) -> what the operator keeps about that QueueCluster, shared by the
+    # event handlers and the periodic loop: its lock serializes their runs.
+    memories: dict[tuple[str, str], ClusterMemory] = field(default_factory=dict)
+
+    def memory(self, body: Mapping[str, Any]) -> ClusterMemory:
+        key = _key(body)
+        memory = self.memories.get(key)
+        if memory is None:
+            memory = self.memories[key] = ClusterMemory()
+        return memory
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("namespace")), str(metadata.get("name"))
 
 
 def cluster_memory(memo: MutableMapping[Any, Any]) -> ClusterMemory:
@@ -470,8 +504,72 @@ def cluster_memory(memo: MutableMapping[Any, Any]) -> ClusterMemory:
     return memory
 
 
+EVENTS = ApiResource("v1", "events", "Event")
+# As kopf posts its events (kopf.event): the same source and name prefix.
+EVENT_COMPONENT = "kopf"
+EVENT_NAME_PREFIX = "kopf-event-"
+EVENT_MESSAGE_MAX = 1024
+
+
+async def post_event(
+    api: KubeApi, body: Mapping[str, Any], event_type: EventType, reason: str, message: str
+) -> None:
+    """A Kubernetes event about the QueueCluster `body`, as kopf.event posts it (which works
+    only within kopf's per-object handlers); failures are logged and ignored."""
+    metadata = body.get("metadata") or {}
+    namespace = str(metadata.get("namespace"))
+    if len(message) > EVENT_MESSAGE_MAX:
+        message = message[: EVENT_MESSAGE_MAX - 3] + "..."
+    now = _utc_now().isoformat()
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"namespace": namespace, "generateName": EVENT_NAME_PREFIX},
+        "action": "Action?",
+        "type": event_type,
+        "reason": reason,
+        "message": message,
+        "reportingComponent": EVENT_COMPONENT,
+        "reportingInstance": EVENT_COMPONENT,
+        "source": {"component": EVENT_COMPONENT},
+        "involvedObject": {
+            "apiVersion": str(body.get("apiVersion") or QUEUE_CLUSTERS.api_version),
+            "kind": str(body.get("kind") or QUEUE_CLUSTERS.kind),
+            "namespace": namespace,
+            "name": str(metadata.get("name")),
+            "uid": str(metadata.get("uid")),
+        },
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": now,
+    }
+    try:
+        await api.create(EVENTS, namespace, event)
+    except (KubeApiError, aiohttp.ClientError, TimeoutError) as error:
+        logger.warning("could not post the event %s %s: %s", event_type, reason, error)
+
+
+async def list_queue_clusters(
+    api: KubeApi, *, clusterwide: bool, namespaces: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The QueueClusters of the operator's scope: in every namespace, or in `namespaces`."""
+    if clusterwide:
+        paths = [f"/apis/{QUEUE_CLUSTERS.api_version}/{QUEUE_CLUSTERS.plural}"]
+    else:
+        paths = [QUEUE_CLUSTERS.path(namespace) for namespace in sorted(namespaces)]
+    found: list[dict[str, Any]] = []
+    for path in paths:
+        _, document = await api.request("GET", path)
+        items = (document or {}).get("items") if isinstance(document, dict) else None
+        found.extend(item for item in items or () if isinstance(item, dict))
+    return found
+
+
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """Register the operator's handlers on `registry`."""
+    """Register the operator's handlers on `registry`.
+
+    No timer, daemon or deletion handler: kopf then puts no finalizer on the QueueClusters.
+    """
     runtime = _Runtime()
 
     @kopf.on.login(registry=registry)
@@ -483,26 +581,28 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.posting.level = logging.WARNING
+        runtime.clusterwide = settings.peering.clusterwide
         runtime.api = KubeApi(config.login)
         runtime.http = NodeHttp()
         if config.metrics_port is not None:
             runtime.metrics_server = metrics.serve(config.metrics_port)
             logger.info("metrics on port %d", runtime.metrics_server.port)
+        runtime.loop = asyncio.create_task(periodic(), name="taskraft periodic reconcile")
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        if runtime.loop is not None:
+            runtime.loop.cancel()
+            await asyncio.gather(runtime.loop, return_exceptions=True)
+            runtime.loop = None
         if runtime.api is not None and runtime.http is not None:
             await close_quietly(runtime.api, runtime.http)
         if runtime.metrics_server is not None:
             await asyncio.to_thread(runtime.metrics_server.stop)
             runtime.metrics_server = None
 
-    async def run(body: kopf.Body, memo: kopf.Memo) -> None:
+    async def run(body: Mapping[str, Any], events: EventSink) -> None:
         assert runtime.api is not None and runtime.http is not None, "set up at startup"
-
-        def events(event_type: EventType, reason: str, message: str) -> None:
-            kopf.event(body, type=event_type, reason=reason, message=message)
-
         try:
             await reconcile(
                 body,
@@ -510,36 +610,84 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                 runtime.http,
                 endpoints=config.endpoints,
                 events=events,
-                memory=cluster_memory(memo),
+                memory=runtime.memory(body),
             )
         except Exception:
             metrics.ERRORS.labels("unexpected").inc()
             raise
 
+    async def on_event(body: kopf.Body) -> None:
+        runtime.namespaces.add(_key(body)[0])
+
+        def events(event_type: EventType, reason: str, message: str) -> None:
+            kopf.event(body, type=event_type, reason=reason, message=message)
+
+        await run(body, events)
+
+    async def run_periodically(body: Mapping[str, Any]) -> None:
+        """One periodic run; its events posted afterwards (kopf.event needs kopf's per-object
+        context, which the loop has not)."""
+        assert runtime.api is not None
+        posted: list[tuple[EventType, str, str]] = []
+
+        def events(event_type: EventType, reason: str, message: str) -> None:
+            posted.append((event_type, reason, message))
+
+        try:
+            await run(body, events)
+        finally:
+            for event_type, reason, message in posted:
+                await post_event(runtime.api, body, event_type, reason, message)
+
+    async def tick() -> None:
+        assert runtime.api is not None
+        try:
+            bodies = await list_queue_clusters(
+                runtime.api, clusterwide=runtime.clusterwide, namespaces=runtime.namespaces
+            )
+        except (KubeApiError, aiohttp.ClientError, TimeoutError) as error:
+            logger.warning("listing the QueueClusters failed: %s", error)
+            metrics.ERRORS.labels("api").inc()
+            return
+        listed = {_key(body) for body in bodies}
+        # Forget the clusters that are gone (and not in a run that began since the listing).
+        for key, memory in list(runtime.memories.items()):
+            if key not in listed and not memory.lock.locked():
+                del runtime.memories[key]
+        # A cluster an event handler is reconciling right now is skipped: that run plans
+        # from what it observes anyway.
+        due = [body for body in bodies if not runtime.memory(body).lock.locked()]
+        results = await asyncio.gather(
+            *(run_periodically(body) for body in due), return_exceptions=True
+        )
+        for body, result in zip(due, results, strict=True):
+            if isinstance(result, Exception):
+                namespace, name = _key(body)
+                logger.error("%s/%s: reconcile failed", namespace, name, exc_info=result)
+
+    async def periodic() -> None:
+        """Every `interval_s`, one run for each QueueCluster of the operator's scope."""
+        while True:
+            await asyncio.sleep(config.interval_s)
+            try:
+                await tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.ERRORS.labels("unexpected").inc()
+                logger.exception("the periodic reconcile failed")
+
     @kopf.on.resume(GROUP, VERSION, PLURAL, id="resume", registry=registry)
-    async def on_resume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await run(body, memo)
+    async def on_resume(body: kopf.Body, **_: Any) -> None:
+        await on_event(body)
 
     @kopf.on.create(GROUP, VERSION, PLURAL, id="create", registry=registry)
-    async def on_create(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await run(body, memo)
+    async def on_create(body: kopf.Body, **_: Any) -> None:
+        await on_event(body)
 
     @kopf.on.update(GROUP, VERSION, PLURAL, id="update", registry=registry)
-    async def on_update(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await run(body, memo)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="reconcile",
-        interval=config.interval_s,
-        idle=config.interval_s,
-        backoff=config.interval_s,
-        registry=registry,
-    )
-    async def on_timer(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await run(body, memo)
+    async def on_update(body: kopf.Body, **_: Any) -> None:
+        await on_event(body)
 
 
 register(kopf.get_default_registry(), OperatorConfig.from_environment())

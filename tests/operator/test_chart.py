@@ -41,7 +41,7 @@ HELM_KUBE_VERSION = f"{KUBERNETES_VERSION}.0"
 # Kubernetes API") must need no more than this, and the chart grants exactly this
 # (templates/_helpers.tpl, "taskraft-operator.namespacedRules").
 REQUIRED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
-    # kopf lists, watches and patches QueueClusters (its annotations and finalizer); the
+    # kopf lists, watches and patches QueueClusters (its annotations); the
     # handlers read the object afresh before planning.
     ("taskraft.io", "queueclusters"): {"get", "list", "watch", "patch"},
     # The handlers write the status the planner returns (a merge patch of the subresource).

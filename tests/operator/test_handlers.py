@@ -2,8 +2,8 @@
 
 `reconcile` is driven directly (one run per call, after one step of the simulated StatefulSet
 controller and kubelet) for the scenarios with nodes: the order of what the operator does is
-then exactly observable. One test runs the whole kopf operator (its handlers, timer, login,
-events and status) against the emulated API.
+then exactly observable. One test runs the whole kopf operator (its handlers, periodic loop,
+login, events and status) against the emulated API.
 """
 
 from __future__ import annotations
@@ -463,8 +463,24 @@ def test_the_kopf_operator_creates_the_objects_and_writes_the_status() -> None:
 
                 body = await eventually(waiting_status, "a status waiting for the controller")
                 assert body["status"]["phase"] == "Creating"
-                # kopf's finalizer: the timer runs for the object until it is deleted.
-                assert body["metadata"]["finalizers"]
+                # No finalizer: no timer, daemon or deletion handler (the owner references
+                # have the owned objects deleted with the QueueCluster, operator or not).
+                assert not body["metadata"].get("finalizers")
+
+                # Runs come without any event on the QueueCluster: the operator-wide loop
+                # finds it by listing and puts back an owned object deleted behind its back.
+                config_map = await api.get(CONFIG_MAPS, NAMESPACE, f"{CLUSTER}-config")
+                assert config_map is not None
+                await api.delete(CONFIG_MAPS, NAMESPACE, f"{CLUSTER}-config")
+
+                async def config_map_again() -> dict[str, Any] | None:
+                    found = await api.get(CONFIG_MAPS, NAMESPACE, f"{CLUSTER}-config")
+                    if found is None or found["metadata"]["uid"] == config_map["metadata"]["uid"]:
+                        return None
+                    return found
+
+                assert_owned_by(await eventually(config_map_again, "the ConfigMap again"), owner)
+                assert not (await get_cluster(api))["metadata"].get("finalizers")
 
                 async def posted_events() -> list[dict[str, Any]] | None:
                     events = ApiResource("v1", "events", "Event")
