@@ -185,6 +185,30 @@ def _add_command(
     return parser
 
 
+def _add_wait_and_lease_options(parser: argparse.ArgumentParser, *, plural: bool) -> None:
+    """`--wait-ms` and `--lease-ms`, shared by `dequeue` and `dequeue-many`."""
+    task, stays, it = ("tasks", "stay", "them") if plural else ("task", "stays", "it")
+    gone = "they are gone" if plural else "it is gone"
+    parser.add_argument(
+        "--wait-ms",
+        type=_non_negative_integer,
+        default=0,
+        metavar="MS",
+        help="wait up to this long for a task when none is ready (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-ms",
+        type=_non_negative_integer,
+        default=None,
+        metavar="MS",
+        help=(
+            f"how long the {task} {stays} leased before {'they are' if plural else 'it is'} "
+            f"delivered again (default: the queue's); 0 takes {it} without a lease: {gone} "
+            "once delivered"
+        ),
+    )
+
+
 def register_client_commands(subparsers: SubParsers) -> None:
     """Add the client commands to the `taskraft` parser's subcommands.
 
@@ -359,23 +383,7 @@ def register_client_commands(subparsers: SubParsers) -> None:
         parents=parents,
     )
     dequeue.add_argument("queue", metavar="QUEUE", help="the queue's name")
-    dequeue.add_argument(
-        "--wait-ms",
-        type=_non_negative_integer,
-        default=0,
-        metavar="MS",
-        help="wait up to this long for a task when none is ready (default: %(default)s)",
-    )
-    dequeue.add_argument(
-        "--lease-ms",
-        type=_non_negative_integer,
-        default=None,
-        metavar="MS",
-        help=(
-            "how long the task stays leased before it is delivered again (default: the "
-            "queue's); 0 takes it without a lease: it is gone once delivered"
-        ),
-    )
+    _add_wait_and_lease_options(dequeue, plural=False)
 
     enqueue_many = _add_command(
         subparsers,
@@ -447,23 +455,7 @@ def register_client_commands(subparsers: SubParsers) -> None:
         metavar="N",
         help="the most tasks to take (more than 1000 are asked in several requests)",
     )
-    dequeue_many.add_argument(
-        "--wait-ms",
-        type=_non_negative_integer,
-        default=0,
-        metavar="MS",
-        help="wait up to this long for a task when none is ready (default: %(default)s)",
-    )
-    dequeue_many.add_argument(
-        "--lease-ms",
-        type=_non_negative_integer,
-        default=None,
-        metavar="MS",
-        help=(
-            "how long the tasks stay leased before they are delivered again (default: the "
-            "queue's); 0 takes them without a lease: they are gone once delivered"
-        ),
-    )
+    _add_wait_and_lease_options(dequeue_many, plural=True)
 
     ack = _add_command(
         subparsers,
