@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from taskraft.raft import NodeId, RaftOptions
 from taskraft.server.configuration import (
     OPTIONS,
+    OPTIONS_BY_NAME,
     ConfigurationError,
     ResolvedConfiguration,
     resolve,
@@ -53,11 +54,6 @@ GC_YOUNG_THRESHOLD = 50_000
 
 # Variables of the client side that may share a pod's environment with the node.
 CLIENT_ENVIRONMENT_VARIABLES = ("TASKRAFT_SERVERS", "TASKRAFT_TOKEN")
-
-
-def environment_name(flag: str) -> str:
-    """`--node-id` -> `TASKRAFT_NODE_ID`."""
-    return "TASKRAFT_" + flag.lstrip("-").replace("-", "_").upper()
 
 
 def register_serve_command(subparsers: SubParsers) -> None:
@@ -107,12 +103,14 @@ def register_serve_command(subparsers: SubParsers) -> None:
 
 def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSettings:
     """The node settings of a resolved configuration; ConfigurationError naming what is wrong."""
-    missing = [name for name in ("node_id", "data_dir") if configuration[name] is None]
+    missing = [
+        OPTIONS_BY_NAME[name] for name in ("node_id", "data_dir") if configuration[name] is None
+    ]
     if missing:
         raise ConfigurationError(
             "missing "
             + " and ".join(
-                f"--{name.replace('_', '-')} (or {environment_name(name)})" for name in missing
+                f"{option.flag} (or {option.environment_variable})" for option in missing
             )
         )
     try:
