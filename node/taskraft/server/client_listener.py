@@ -40,7 +40,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -67,6 +67,7 @@ from taskraft.server.replica import Replica
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class ClientListener:
@@ -294,7 +295,7 @@ class ClientListener:
                     task_ids=enqueued_many.task_ids, duplicates=enqueued_many.duplicates
                 )
             case protocol.DequeueMany():
-                return await _dequeue_many(self, replica, operation)
+                return await self._dequeue_many(replica, operation)
             case protocol.AckMany():
                 leases = operation.tasks
                 ack_many = queue_commands.AckMany(
@@ -309,31 +310,81 @@ class ClientListener:
         self, replica: Replica, operation: protocol.Dequeue
     ) -> protocol.DeliveredTask | None:
         command = queue_commands.Dequeue(operation.queue, lease_ms=operation.lease_ms)
-        delivered = await self._submit_dequeue(replica, command)
-        if delivered is not None or operation.wait_ms == 0:
-            return self._delivered(delivered, operation)
+        delivered = await self._long_poll(
+            replica,
+            operation.queue,
+            operation.wait_ms,
+            lambda serving: _submit_dequeue(serving, command),
+            lambda task: task is not None,
+        )
+        return self._delivered(delivered, operation)
+
+    async def _dequeue_many(
+        self, replica: Replica, operation: protocol.DequeueMany
+    ) -> protocol.DeliveredTasks:
+        """A DequeueMany, waiting as a Dequeue does when none is ready at first.
+
+        The answer's payloads stay within BATCH_PAYLOAD_BYTES_MAX (but for a first task larger
+        than that), so that it fits in one frame. A waiter woken claims one ready task, and
+        takes what its command takes.
+        """
+        command = queue_commands.DequeueMany(
+            operation.queue,
+            operation.max_tasks,
+            lease_ms=operation.lease_ms,
+            max_bytes=protocol.BATCH_PAYLOAD_BYTES_MAX,
+        )
+        dequeued = await self._long_poll(
+            replica,
+            operation.queue,
+            operation.wait_ms,
+            lambda serving: _submit_dequeue_many(serving, command),
+            lambda taken: bool(taken.tasks),
+        )
+        return protocol.DeliveredTasks(tasks=()) if dequeued is None else _delivered_tasks(dequeued)
+
+    # -- waiting dequeues --------------------------------------------------------------------
+
+    async def _long_poll(
+        self,
+        replica: Replica,
+        queue: str,
+        wait_ms: int,
+        submit: Callable[[Replica], Awaitable[_R]],
+        got: Callable[[_R], bool],
+    ) -> _R | None:
+        """What `submit` answers on `replica`, waiting up to `wait_ms` for it to get something.
+
+        When the first answer got nothing and `wait_ms` allows, waits (within `long_polls_max`)
+        for tasks of `queue`, submitting again on the serving replica each time one may be
+        ready; None at the deadline.
+        """
+        result = await submit(replica)
+        if got(result) or wait_ms == 0:
+            return result
         if self._long_polls >= self.long_polls_max:
             raise Overloaded(
                 f"{self._long_polls} dequeues are already waiting on this node; try again shortly"
             )
-        deadline = asyncio.get_running_loop().time() + operation.wait_ms / 1000
+        deadline = asyncio.get_running_loop().time() + wait_ms / 1000
         self._long_polls += 1
         try:
-            delivered = await self._wait_for_task(command, deadline)
+            return await self._wait_for_task(queue, deadline, submit, got)
         finally:
             self._long_polls -= 1
             if self._long_polls == 0:
                 self._unwatch()
-        return self._delivered(delivered, operation)
-
-    # -- waiting dequeues --------------------------------------------------------------------
 
     async def _wait_for_task(
-        self, command: queue_commands.Dequeue, deadline: float
-    ) -> queue_commands.DeliveredTask | None:
-        """Submit `command` each time a task may be ready for it; None at `deadline`."""
+        self,
+        queue: str,
+        deadline: float,
+        submit: Callable[[Replica], Awaitable[_R]],
+        got: Callable[[_R], bool],
+    ) -> _R | None:
+        """Call `submit` each time a task of `queue` may be ready, until it `got` something;
+        None at `deadline`."""
         loop = asyncio.get_running_loop()
-        queue = command.queue
         try:
             while True:
                 replica = self._serving_replica()
@@ -350,11 +401,11 @@ class ClientListener:
                 if turn not in waiters.claims:
                     continue  # woken to look at the node again, not for a task
                 try:
-                    delivered = await self._submit_dequeue(self._serving_replica(), command)
+                    result = await submit(self._serving_replica())
                 finally:
                     self._release(queue, waiters, turn)
-                if delivered is not None:
-                    return delivered
+                if got(result):
+                    return result
         finally:
             self._forget_if_idle(queue)
 
@@ -439,13 +490,6 @@ class ClientListener:
                 continue
             waiters.offer(ready - len(waiters.claims))
 
-    @staticmethod
-    async def _submit_dequeue(
-        replica: Replica, command: queue_commands.Dequeue
-    ) -> queue_commands.DeliveredTask | None:
-        result = await replica.submit(command)
-        return None if result is None else _expect(result, queue_commands.DeliveredTask)
-
     def _delivered(
         self, task: queue_commands.DeliveredTask | None, operation: protocol.Dequeue
     ) -> protocol.DeliveredTask | None:
@@ -458,15 +502,7 @@ class ClientListener:
                 if operation.lease_ms is not None
                 else self._lease_ms_default(operation.queue, task)
             )
-        return protocol.DeliveredTask(
-            task_id=task.task_id,
-            lease=task.lease_token,
-            queue=task.queue,
-            priority=task.priority,
-            payload=task.payload,
-            deliveries=task.deliveries,
-            lease_ms=lease_ms,
-        )
+        return _delivered_task(task, lease_ms)
 
     def _lease_ms_default(self, queue: str, task: queue_commands.DeliveredTask) -> int:
         state_machine = self._replica_provider().state_machine
@@ -561,12 +597,8 @@ class _ClientConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._cancel_handshake_timer()
-        for task in self._tasks:
-            task.cancel()
+        self._end()
         self._writable.set()
-        self._listener._forget(self)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -677,22 +709,22 @@ class _ClientConnection(asyncio.Protocol):
 
     def _close_after_flush(self) -> None:
         self._flush()
-        self._closed = True
-        self._cancel_handshake_timer()
-        for task in self._tasks:
-            task.cancel()
-        self._listener._forget(self)
+        self._end()
         if self._transport is not None:
             self._transport.close()
 
     def _abort(self) -> None:
+        self._end()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _end(self) -> None:
+        """Serve nothing more: cancel the requests in flight and leave the listener."""
         self._closed = True
         self._cancel_handshake_timer()
         for task in self._tasks:
             task.cancel()
         self._listener._forget(self)
-        if self._transport is not None:
-            self._transport.abort()
 
     def _flush(self) -> None:
         data = self._protocol.data_to_send()
@@ -706,9 +738,7 @@ def _require_leader(replica: Replica) -> None:
         raise Unavailable("this node is stopping")
     raft = replica.raft
     if raft.role is not Role.LEADER:
-        raise NotLeader(
-            "this node does not lead", leader_id=None if raft.leader_id is None else raft.leader_id
-        )
+        raise NotLeader("this node does not lead", leader_id=raft.leader_id)
 
 
 def _expect(result: CommandResult, expected: type[_T]) -> _T:
@@ -788,68 +818,11 @@ def _acked_many(acked: queue_commands.AckManyResult, count: int) -> protocol.Ack
     return protocol.AckedMany(errors=tuple(errors))
 
 
-async def _dequeue_many(
-    listener: ClientListener, replica: Replica, operation: protocol.DequeueMany
-) -> protocol.DeliveredTasks:
-    """A DequeueMany, waiting as `ClientListener._dequeue` does when none is ready at first.
-
-    The answer's payloads stay within BATCH_PAYLOAD_BYTES_MAX (but for a first task larger than
-    that), so that it fits in one frame.
-    """
-    command = queue_commands.DequeueMany(
-        operation.queue,
-        operation.max_tasks,
-        lease_ms=operation.lease_ms,
-        max_bytes=protocol.BATCH_PAYLOAD_BYTES_MAX,
-    )
-    dequeued = await _submit_dequeue_many(replica, command)
-    if dequeued.tasks or operation.wait_ms == 0:
-        return _delivered_tasks(dequeued)
-    if listener._long_polls >= listener.long_polls_max:
-        raise Overloaded(
-            f"{listener._long_polls} dequeues are already waiting on this node; try again shortly"
-        )
-    deadline = asyncio.get_running_loop().time() + operation.wait_ms / 1000
-    listener._long_polls += 1
-    try:
-        waited = await _wait_for_tasks(listener, command, deadline)
-    finally:
-        listener._long_polls -= 1
-        if listener._long_polls == 0:
-            listener._unwatch()
-    return protocol.DeliveredTasks(tasks=()) if waited is None else _delivered_tasks(waited)
-
-
-async def _wait_for_tasks(
-    listener: ClientListener, command: queue_commands.DequeueMany, deadline: float
-) -> queue_commands.DequeuedTasks | None:
-    """`ClientListener._wait_for_task` for a DequeueMany: the same waiters and claims (a waiter
-    woken claims one ready task, and takes what its command takes); None at `deadline`."""
-    loop = asyncio.get_running_loop()
-    queue = command.queue
-    try:
-        while True:
-            replica = listener._serving_replica()
-            if loop.time() >= deadline:
-                return None
-            listener._watch(replica)
-            ready = replica.state_machine.ready_count(queue)
-            waiters = listener._waiters.setdefault(queue, _QueueWaiters())
-            turn: asyncio.Future[None] = loop.create_future()
-            if ready > len(waiters.claims):
-                waiters.claims.add(turn)
-            elif not await listener._wait_for_turn(queue, waiters, turn, deadline):
-                return None
-            if turn not in waiters.claims:
-                continue  # woken to look at the node again, not for a task
-            try:
-                dequeued = await _submit_dequeue_many(listener._serving_replica(), command)
-            finally:
-                listener._release(queue, waiters, turn)
-            if dequeued.tasks:
-                return dequeued
-    finally:
-        listener._forget_if_idle(queue)
+async def _submit_dequeue(
+    replica: Replica, command: queue_commands.Dequeue
+) -> queue_commands.DeliveredTask | None:
+    result = await replica.submit(command)
+    return None if result is None else _expect(result, queue_commands.DeliveredTask)
 
 
 async def _submit_dequeue_many(
@@ -863,18 +836,24 @@ def _delivered_tasks(dequeued: queue_commands.DequeuedTasks) -> protocol.Deliver
     return protocol.DeliveredTasks(
         tasks=tuple(
             [
-                protocol.DeliveredTask(
-                    task_id=task.task_id,
-                    lease=task.lease_token,
-                    queue=task.queue,
-                    priority=task.priority,
-                    payload=task.payload,
-                    deliveries=task.deliveries,
-                    lease_ms=None if task.lease_token is None else lease_ms,
-                )
+                _delivered_task(task, None if task.lease_token is None else lease_ms)
                 for task in dequeued.tasks
             ]
         )
+    )
+
+
+def _delivered_task(
+    task: queue_commands.DeliveredTask, lease_ms: int | None
+) -> protocol.DeliveredTask:
+    return protocol.DeliveredTask(
+        task_id=task.task_id,
+        lease=task.lease_token,
+        queue=task.queue,
+        priority=task.priority,
+        payload=task.payload,
+        deliveries=task.deliveries,
+        lease_ms=lease_ms,
     )
 
 
