@@ -135,9 +135,11 @@ def test_sigterm_stops_nodes_one_at_a_time_with_status_zero_the_leader_handing_o
 
     _assert_stops_cleanly(cluster, leader, HAND_OVER_SHUTDOWN_TIMEOUT_MS)
     # The leader handed leadership over before it exited: the survivors did not have to wait
-    # for an election timeout to find a new leader.
+    # for an election timeout to find a new leader, and the leader's log says so.
     second_leader = cluster.leader(among=survivors)
     assert second_leader is not None
+    first_log = cluster.log_path(leader).read_text()
+    assert f"handed leadership to {second_leader}" in first_log, first_log[-2000:]
     with client(cluster.servers) as session:
         session.enqueue("work", b"after")
         assert session.count("work").ready == 2
@@ -145,6 +147,8 @@ def test_sigterm_stops_nodes_one_at_a_time_with_status_zero_the_leader_handing_o
     # The second leader hands over to the last node, which then has no majority left.
     _assert_stops_cleanly(cluster, second_leader, HAND_OVER_SHUTDOWN_TIMEOUT_MS)
     (last,) = [node_id for node_id in survivors if node_id != second_leader]
+    second_log = cluster.log_path(second_leader).read_text()
+    assert f"handed leadership to {last}" in second_log, second_log[-2000:]
     _assert_stops_cleanly(cluster, last, HAND_OVER_SHUTDOWN_TIMEOUT_MS)
 
 
@@ -208,7 +212,9 @@ def _status_naming_a_leader(cluster: LocalCluster, node_id: str) -> dict[str, ob
 def test_client_close_makes_a_call_in_flight_in_another_thread_fail_promptly() -> None:
     # Nothing listens there: the call keeps retrying to connect until the client is closed.
     nowhere = f"127.0.0.1:{free_base_port(1)}"
-    session = Client([nowhere], request_timeout_s=1.0)
+    # The request timeout is far longer than the wait for the call below: a call that ended
+    # only at its own deadline would fail the test, not pass it.
+    session = Client([nowhere], request_timeout_s=DEADLINE_S)
     outcome: list[BaseException] = []
     call_started = threading.Event()
 
@@ -222,6 +228,9 @@ def test_client_close_makes_a_call_in_flight_in_another_thread_fail_promptly() -
     caller = threading.Thread(target=count_where_no_node_listens, daemon=True)
     caller.start()
     assert call_started.wait(DEADLINE_S)
+    # Close only once the call is submitted to the client's loop: closed any earlier, the call
+    # would fail at its entry and nothing in flight would be tested.
+    wait_until(lambda: len(session._in_flight) == 1, "the call in flight", DEADLINE_S)
     session.close()
     # AsyncClient.close fails the calls in flight; Client.close must end them as well.
     caller.join(3.0)

@@ -167,7 +167,7 @@ def test_ten_tasks_wake_ten_of_fifty_waiters_and_the_rest_get_nil_at_their_deadl
     run(test, tmp_path)
 
 
-def test_a_woken_waiter_that_loses_the_task_waits_again(tmp_path: Path) -> None:
+def test_a_waiter_whose_task_another_consumer_takes_keeps_waiting_for_the_next(tmp_path: Path) -> None:
     async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         worker = await Client.connect(listener)
@@ -175,8 +175,9 @@ def test_a_woken_waiter_that_loses_the_task_waits_again(tmp_path: Path) -> None:
         waiting = worker.connection.send_request(Dequeue(queue="default", wait_ms=5_000))
         await worker.flush()
         await wait_for(lambda: listener.long_polls_waiting == 1, "a waiting dequeue")
-        # The rival's dequeue goes into the same proposal batch as the enqueue, ahead of the
-        # waiter woken by that enqueue: the waiter finds nothing and must wait again.
+        # The rival's dequeue goes into the same proposal batch as the enqueue, so by the time
+        # the batch is applied its task is claimed: the waiter is not answered empty and keeps
+        # waiting.
         rival.connection.send_request(Enqueue(queue="default", payload=b"first", priority=0))
         taken = rival.connection.send_request(Dequeue(queue="default"))
         await rival.flush()
