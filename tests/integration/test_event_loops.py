@@ -11,6 +11,7 @@ import pytest
 from process_cluster import DEADLINE_S, ClusterFactory
 
 from taskraft.client import Client
+from taskraft.local_cluster import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,5 +33,19 @@ def test_a_cluster_serves_and_fails_over_on_each_event_loop(
             client.ack(task)
             delivered.add(task.id)
     assert delivered == ids
+    other_loop = "uvloop" if event_loop == "asyncio" else "asyncio"
+    line = f"on the {event_loop} event loop"
     for node_id in cluster.node_ids:
-        assert f"on the {event_loop} event loop" in cluster.log_path(node_id).read_text()
+        # One line per start (the restarted leader logs a second one once it is up), and never
+        # the other loop.
+        starts = 2 if node_id == leader else 1
+        wait_until(
+            lambda node_id=node_id, starts=starts: (
+                cluster.log_path(node_id).read_text().count(line) >= starts
+            ),
+            f"{node_id} to log its start {starts} time(s)",
+            DEADLINE_S,
+        )
+        log = cluster.log_path(node_id).read_text()
+        assert log.count(line) == starts, log[-2000:]
+        assert f"on the {other_loop} event loop" not in log

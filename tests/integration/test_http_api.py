@@ -243,10 +243,9 @@ def test_metrics_pass_promtool_and_follow_the_operations(clusters: ClusterFactor
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
     queue = 'queue="default"'
-    enqueued = 'queue="default"'
     assert (
-        sample(after, "taskraft_queue_tasks_enqueued_total", enqueued)
-        - sample(before, "taskraft_queue_tasks_enqueued_total", enqueued)
+        sample(after, "taskraft_queue_tasks_enqueued_total", queue)
+        - sample(before, "taskraft_queue_tasks_enqueued_total", queue)
         == 5
     )
     assert (
