@@ -80,10 +80,8 @@ import json
 import multiprocessing
 import os
 import platform
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -101,7 +99,8 @@ from typing import Any, TypeVar
 
 from taskraft.client import AsyncClient, QueueCounts, Task
 from taskraft.errors import TaskraftError
-from taskraft.local_cluster import LocalCluster, node_layout
+from taskraft.local_cluster import LocalCluster
+from taskraft.local_cluster import free_base_port as free_layout_base_port
 from taskraft.queue.limits import LEASE_MS_MAX
 
 _T = TypeVar("_T")
@@ -125,10 +124,6 @@ BATCH_SIZE = 1_000
 FSYNC_SAMPLES = 200
 FSYNC_RECORD_BYTES = 256
 
-# Ports: random base ports (multiples of 10) outside the range of outgoing connections, checked
-# by binding, so that a restarted node can listen again and other local clusters are avoided.
-PORT_RANGE = range(20_000, 50_000, 10)
-PORT_ATTEMPTS = 200
 CLUSTER_START_ATTEMPTS = 3
 
 CLUSTER_UP_TIMEOUT_S = 60.0
@@ -463,44 +458,11 @@ def measure_fsync(directory: Path, samples: int = FSYNC_SAMPLES) -> list[float]:
 # -- clusters ----------------------------------------------------------------------------------
 
 
-def ephemeral_port_range() -> range | None:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return None
-
-
-def layout_ports(nodes: int, base_port: int) -> list[int]:
-    return [
-        port
-        for node in node_layout(nodes, base_port)
-        for port in (node.client_port, node.peer_port, node.http_port)
-    ]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_base_port(nodes: int) -> int:
-    ephemeral = ephemeral_port_range()
-    candidates = [
-        base
-        for base in PORT_RANGE
-        if ephemeral is None or not any(port in ephemeral for port in layout_ports(nodes, base))
-    ] or list(PORT_RANGE)
-    randomness = random.Random()
-    for _ in range(PORT_ATTEMPTS):
-        base = randomness.choice(candidates)
-        if all(port_is_free(port) for port in layout_ports(nodes, base)):
-            return base
-    raise BenchmarkError(f"no free ports for {nodes} nodes in {PORT_ATTEMPTS} attempts")
+    try:
+        return free_layout_base_port(nodes)
+    except RuntimeError as error:
+        raise BenchmarkError(str(error)) from None
 
 
 def poll(condition: Callable[[], bool], what: str, timeout_s: float) -> float:

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 
 import pytest
 
-from taskraft.demo import ports_free
-
-
-def free_base_port() -> int:
-    chooser = random.Random()
-    for _ in range(100):
-        base_port = chooser.randrange(30000, 40000, 10)
-        if ports_free(base_port, 3):
-            return base_port
-    raise AssertionError("no free ports for the demo")
+from taskraft.local_cluster import free_base_port
 
 
 @pytest.mark.timeout(180)
 def test_the_demo_tells_its_whole_story_and_exits_zero() -> None:
+    base_port = free_base_port(3, low=30_000, high=40_000)
     finished = subprocess.run(
-        [sys.executable, "-m", "taskraft.demo", "--base-port", str(free_base_port())],
+        [sys.executable, "-m", "taskraft.demo", "--base-port", str(base_port)],
         capture_output=True,
         text=True,
         timeout=150,

@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from taskraft.local_cluster import free_port
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "node" / "Dockerfile"
 DEADLINE_S = 30.0
@@ -41,12 +42,6 @@ def dockerfile_instructions() -> tuple[dict[str, str], list[str]]:
         elif instruction == "ENTRYPOINT":
             entrypoint = json.loads(rest)
     return environment, entrypoint
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def entrypoint_command(entrypoint: list[str]) -> list[str]:

@@ -17,13 +17,12 @@ ports; by default the first free block from 7100 is used.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Sequence
 
 from taskraft.cli import main as taskraft_command
 from taskraft.client import Client
-from taskraft.local_cluster import LocalCluster, node_layout, wait_until
+from taskraft.local_cluster import LocalCluster, layout_ports, ports_are_free, wait_until
 
 QUEUE = "emails"
 TASKS = [
@@ -52,20 +51,9 @@ def check(condition: bool, what: str) -> None:
     say(f"   ok: {what}")
 
 
-def ports_free(base_port: int, nodes: int) -> bool:
-    for node in node_layout(nodes, base_port):
-        for port in (node.client_port, node.peer_port, node.http_port):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    return False
-    return True
-
-
 def first_free_base_port(start: int, nodes: int) -> int:
     for base_port in range(start, 65000 - 10 * nodes, 100):
-        if ports_free(base_port, nodes):
+        if ports_are_free(layout_ports(nodes, base_port)):
             return base_port
     raise DemoFailure("no free ports for the demo cluster")
 

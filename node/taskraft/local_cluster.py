@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +33,10 @@ from typing import Any, TypeVar
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.05
+# Where `free_base_port` looks for a layout by default, and how many random bases it tries.
+PORT_LOW, PORT_HIGH = 20_000, 50_000
+PORT_ATTEMPTS = 200
+_EPHEMERAL_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 _T = TypeVar("_T")
 
@@ -63,6 +69,83 @@ def node_layout(count: int, base_port: int) -> list[LocalNode]:
         LocalNode(f"n{i + 1}", base_port + 10 * i, base_port + 10 * i + 1, base_port + 10 * i + 2)
         for i in range(count)
     ]
+
+
+def layout_ports(nodes: int, base_port: int) -> list[int]:
+    """Every port (client, peer and HTTP of each node) of `node_layout(nodes, base_port)`."""
+    return [
+        port
+        for node in node_layout(nodes, base_port)
+        for port in (node.client_port, node.peer_port, node.http_port)
+    ]
+
+
+def ports_are_free(ports: Iterable[int]) -> bool:
+    """Whether every port binds on 127.0.0.1 right now, all at once (no SO_REUSEADDR: strict)."""
+    probes: list[socket.socket] = []
+    try:
+        for port in ports:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probes.append(probe)
+            probe.bind((HOST, port))
+    except OSError:
+        return False
+    finally:
+        for probe in probes:
+            probe.close()
+    return True
+
+
+def ephemeral_port_range() -> range | None:
+    """The ports the system hands to outgoing connections, when it says."""
+    try:
+        low, high = _EPHEMERAL_PORT_RANGE.read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return None
+
+
+def free_base_port(
+    nodes: int,
+    *,
+    low: int = PORT_LOW,
+    high: int = PORT_HIGH,
+    randomness: random.Random | None = None,
+    attempts: int = PORT_ATTEMPTS,
+) -> int:
+    """A random base port (a multiple of 10) in [low, high) whose whole layout is free.
+
+    Random, so that concurrent users (pytest-xdist workers, benchmarks) almost never pick the
+    same one; checked by binding every port of the layout. Bases whose layout falls in the
+    ephemeral range are avoided when others exist: there an outgoing connection may take a
+    node's port while the node is down, and the node could not listen on it again when it
+    restarts. RuntimeError when no free layout was found in `attempts` tries.
+    """
+    randomness = randomness or random.Random()
+    ephemeral = ephemeral_port_range()
+    bases = [
+        base for base in range(low + -low % 10, high, 10) if max(layout_ports(nodes, base)) < high
+    ]
+    if not bases:
+        raise ValueError(f"no layout of {nodes} nodes fits in {low}-{high}")
+    candidates = [
+        base
+        for base in bases
+        if ephemeral is None or not any(port in ephemeral for port in layout_ports(nodes, base))
+    ] or bases
+    for _ in range(attempts):
+        base = randomness.choice(candidates)
+        if ports_are_free(layout_ports(nodes, base)):
+            return base
+    raise RuntimeError(f"no free layout of {nodes} nodes in {low}-{high} after {attempts} tries")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the system picks it; connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def wait_until(condition: Callable[[], _T | None], what: str, timeout_s: float) -> _T:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from taskraft.client import Client
 from taskraft.errors import TaskraftError
-from taskraft.local_cluster import LocalCluster
+from taskraft.local_cluster import LocalCluster, free_base_port
 from taskraft.protocol import (
     END_OF_STREAM,
     ConnectionClosed,
@@ -52,7 +52,6 @@ DEADLINE_SECONDS = 20.0
 
 NODE_START_SECONDS = 45.0
 PORT_LOW, PORT_HIGH = 50_000, 60_000
-PORT_ATTEMPTS = 200
 NODE_START_ATTEMPTS = 3
 READ_SIZE = 65_536
 
@@ -65,31 +64,9 @@ ROUND_TRIP_QUEUE = "hostile-round-trip"
 # -- the node ---------------------------------------------------------------------------------
 
 
-def ports_are_free(ports: list[int]) -> bool:
-    """Whether every port binds on 127.0.0.1 right now (without SO_REUSEADDR: strict)."""
-    probes: list[socket.socket] = []
-    try:
-        for port in ports:
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probes.append(probe)
-            probe.bind((HOST, port))
-    except OSError:
-        return False
-    finally:
-        for probe in probes:
-            probe.close()
-    return True
-
-
 def pick_base_port(nodes: int = 1) -> int:
     """A random multiple of 10 in 50000-60000 whose whole `taskraft dev` layout is free."""
-    chooser = random.SystemRandom()
-    for _ in range(PORT_ATTEMPTS):
-        base = chooser.randrange(PORT_LOW // 10, (PORT_HIGH - 10 * nodes) // 10) * 10
-        layout = [base + 10 * index + offset for index in range(nodes) for offset in range(3)]
-        if ports_are_free(layout):
-            return base
-    raise RuntimeError(f"no free base port in {PORT_LOW}-{PORT_HIGH} after {PORT_ATTEMPTS} tries")
+    return free_base_port(nodes, low=PORT_LOW, high=PORT_HIGH, randomness=random.SystemRandom())
 
 
 def start_node(directory: Path, extra_arguments: list[str]) -> LocalCluster:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from taskraft.client import AsyncClient, Client, QueueCounts, Task
-from taskraft.local_cluster import LocalCluster, node_layout, wait_until
+from taskraft.local_cluster import LocalCluster, free_base_port, wait_until
 
 # Every wait of the integration tests: generous, because another job may share the 2 cores.
 DEADLINE_S = 30.0
@@ -34,64 +32,10 @@ SHUTDOWN_TIMEOUT_MS = 1_000
 # A lease long enough that nothing is redelivered while a test drains a queue.
 DRAIN_LEASE_MS = 120_000
 
-PORT_RANGE = range(20_000, 50_000, 10)
-PORT_ATTEMPTS = 200
 START_ATTEMPTS = 3
 
 # The clusters a test started, for conftest.py to show their logs when the test fails.
 CLUSTERS_KEY = pytest.StashKey[list[LocalCluster]]()
-
-
-# -- ports ----------------------------------------------------------------------------------
-
-
-def _ephemeral_port_range() -> range | None:
-    """The ports the system hands to outgoing connections, when it says."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return None
-
-
-def layout_ports(nodes: int, base_port: int) -> list[int]:
-    return [
-        port
-        for node in node_layout(nodes, base_port)
-        for port in (node.client_port, node.peer_port, node.http_port)
-    ]
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a listening socket can bind 127.0.0.1:port now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(nodes: int, *, randomness: random.Random | None = None) -> int:
-    """A random base port (a multiple of 10) whose whole layout is free.
-
-    Random, so that two pytest-xdist workers almost never pick the same one; checked by binding
-    each port. Bases whose layout falls in the ephemeral range are avoided when others exist:
-    there an outgoing connection may take a node's port while the node is down, and the node
-    could not listen on it again when it restarts.
-    """
-    randomness = randomness or random.Random()
-    ephemeral = _ephemeral_port_range()
-    candidates = [
-        base
-        for base in PORT_RANGE
-        if ephemeral is None or not any(port in ephemeral for port in layout_ports(nodes, base))
-    ] or list(PORT_RANGE)
-    for _ in range(PORT_ATTEMPTS):
-        base = randomness.choice(candidates)
-        if all(port_is_free(port) for port in layout_ports(nodes, base)):
-            return base
-    raise RuntimeError(f"no free layout of {nodes} nodes found in {PORT_ATTEMPTS} attempts")
 
 
 # -- clusters -------------------------------------------------------------------------------

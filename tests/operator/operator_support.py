@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import secrets
-import socket
 import threading
 import uuid
 import warnings
@@ -36,7 +34,7 @@ import aiohttp.web
 import attrs
 import kmock
 
-from taskraft.local_cluster import LocalCluster, LocalNode, node_layout
+from taskraft.local_cluster import LocalCluster, LocalNode, free_base_port, free_port
 from taskraft_operator.model import content_hash, pod_name, pvc_name
 from taskraft_operator.observe import (
     PODS,
@@ -56,7 +54,6 @@ DEADLINE_S = 30.0
 POLL_INTERVAL_S = 0.05
 TICK_INTERVAL_MS = 30
 SHUTDOWN_TIMEOUT_MS = 1_000
-PORT_RANGE = range(20_000, 50_000, 10)
 
 _T = TypeVar("_T")
 
@@ -186,54 +183,6 @@ def queue_cluster(
 
 # ---------------------------------------------------------------------------------------------
 # Node processes standing in for the pods
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ephemeral_ports() -> range | None:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return None
-
-
-def free_port() -> int:
-    """A port nothing listens on (connections to it are refused)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def free_base_port(nodes: int) -> int:
-    """A base port (LocalCluster's layout: 3 ports per node, 10 apart) whose ports are free,
-    outside the ephemeral range when possible."""
-    ephemeral = _ephemeral_ports()
-
-    def ports(base: int) -> list[int]:
-        return [
-            port
-            for node in node_layout(nodes, base)
-            for port in (node.client_port, node.peer_port, node.http_port)
-        ]
-
-    candidates = [
-        base
-        for base in PORT_RANGE
-        if ephemeral is None or not any(port in ephemeral for port in ports(base))
-    ] or list(PORT_RANGE)
-    for _ in range(200):
-        base = random.choice(candidates)
-        if all(_port_is_free(port) for port in ports(base)):
-            return base
-    raise RuntimeError("no free ports for the node processes")
 
 
 class PodNodes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TypeVar
 
@@ -53,11 +52,3 @@ async def within_deadline(awaitable: Awaitable[T], what: str) -> T:
             return await awaitable
     except TimeoutError:
         raise AssertionError(f"timed out after {WAIT_DEADLINE_S} s waiting for {what}") from None
-
-
-def free_port() -> int:
-    """A port nothing listens on now, for a peer that is down and comes up later."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import pytest
 
-from peer.support import free_port, run, wait_until, within_deadline
+from peer.support import run, wait_until, within_deadline
+from taskraft.local_cluster import free_port
 from taskraft.peer import (
     LocalPeerError,
     PeerAddress,

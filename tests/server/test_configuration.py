@@ -16,6 +16,7 @@ import pytest
 
 from taskraft.cli import build_parser
 from taskraft.cli.serve import settings_from_arguments
+from taskraft.local_cluster import free_port
 from taskraft.server.configuration import (
     OPTIONS,
     ConfigurationError,
@@ -186,12 +187,6 @@ def test_a_bad_option_on_the_command_line_exits_2_naming_it(tmp_path: Path) -> N
     )
     assert finished.returncode == 2
     assert "tick_interval_ms" in finished.stderr and "'x'" in finished.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_an_unwritable_data_directory_stops_the_start_with_exit_2(tmp_path: Path) -> None:

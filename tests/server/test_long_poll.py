@@ -167,7 +167,9 @@ def test_ten_tasks_wake_ten_of_fifty_waiters_and_the_rest_get_nil_at_their_deadl
     run(test, tmp_path)
 
 
-def test_a_waiter_whose_task_another_consumer_takes_keeps_waiting_for_the_next(tmp_path: Path) -> None:
+def test_a_waiter_whose_task_another_consumer_takes_keeps_waiting_for_the_next(
+    tmp_path: Path,
+) -> None:
     async def test(cluster: ServedCluster) -> None:
         listener = cluster.leader_listener()
         worker = await Client.connect(listener)
