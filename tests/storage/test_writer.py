@@ -6,11 +6,21 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from taskraft.raft import Configuration, Entry, LogIndex, NodeId, SnapshotMetadata, Term
+from taskraft.raft import (
+    Configuration,
+    Entry,
+    HardState,
+    LogIndex,
+    NodeId,
+    SnapshotMetadata,
+    Term,
+)
 from taskraft.storage import StorageFailure
 from taskraft.storage.file_storage import FileStorage
 from taskraft.storage.writer import StorageWriter
@@ -116,4 +126,44 @@ def test_the_log_keeps_accepting_writes_while_a_snapshot_is_written(tmp_path: Pa
     assert recovered.snapshot is not None
     assert recovered.snapshot.data == b"first half of the state second half"
     assert recovered.entries[-1].index == 110
+    reopened.close()
+
+
+def test_a_batch_that_only_moves_the_commit_index_skips_the_log_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage.open(tmp_path)
+    threads: list[str] = []
+    real_persist = storage.persist
+
+    def recording_persist(**batch_parts: Any) -> None:
+        threads.append(threading.current_thread().name)
+        real_persist(**batch_parts)
+
+    monkeypatch.setattr(storage, "persist", recording_persist)
+
+    async def scenario() -> None:
+        writer = StorageWriter(storage)
+        voted = HardState(term=Term(2), vote=NodeId("n1"), commit=LogIndex(0))
+        await writer.persist(snapshot=None, entries=batch(1, 3), hard_state=voted)
+        # Only the commit index moves: nothing to write, so no hand-off to the log thread.
+        await writer.persist(
+            snapshot=None, entries=(), hard_state=replace(voted, commit=LogIndex(3))
+        )
+        # A new term must reach the disk: the log thread again.
+        await writer.persist(
+            snapshot=None,
+            entries=(),
+            hard_state=HardState(term=Term(3), vote=None, commit=LogIndex(3)),
+        )
+        await writer.close()
+
+    asyncio.run(scenario())
+    loop_thread = threading.current_thread().name
+    assert threads[1] == loop_thread
+    assert threads[0] != loop_thread and threads[2] != loop_thread
+    reopened = FileStorage.open(tmp_path)
+    recovered = reopened.load()
+    assert (recovered.hard_state.term, recovered.hard_state.vote) == (3, None)
+    assert len(recovered.entries) == 3
     reopened.close()

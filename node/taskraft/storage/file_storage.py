@@ -33,8 +33,6 @@ from taskraft.storage.wal import SEGMENT_SIZE_MAX_BYTES, WriteAheadLog
 logger = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class StorageStatistics:
     """Counters for metrics and benchmarks."""

@@ -56,6 +56,10 @@ class RaftStorage(Protocol):
 
         A snapshot replaces every stored entry; `entries` replace any stored entries at or after
         `entries[0].index`; then the hard state. Returns only when all of it is durable.
+
+        The commit index need not be made durable (a restarted node learns it again from its
+        leader), and a batch whose only change is the commit index must not block on the disk:
+        `StorageWriter` runs such a batch on the event loop.
         """
         ...
 

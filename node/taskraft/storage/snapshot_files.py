@@ -105,9 +105,7 @@ def _unreadable(path: Path, error: OSError) -> StorageError:
 
 
 def _write_failed(path: Path, error: OSError) -> StorageFailure:
-    return StorageFailure(
-        f"writing snapshot file {path} failed: {error}. {FAILURE_ADVICE}"
-    )
+    return StorageFailure(f"writing snapshot file {path} failed: {error}. {FAILURE_ADVICE}")
 
 
 def _encode_header(metadata: SnapshotMetadata) -> bytes:

@@ -37,6 +37,9 @@ class StorageWriter:
             max_workers=1, thread_name_prefix="taskraft-snapshot"
         )
         self._log_slots = asyncio.Semaphore(pending_log_batches_max)
+        # The term and vote handed to the log thread last: a batch that keeps them and has no
+        # entries and no snapshot only moves the commit index.
+        self._term_and_vote: tuple[int, str | None] | None = None
 
     async def persist(
         self,
@@ -45,7 +48,17 @@ class StorageWriter:
         entries: Sequence[Entry],
         hard_state: HardState | None,
     ) -> None:
-        """Write one Ready batch durably (one fsync); returns once it is on disk."""
+        """Write one Ready batch durably (one fsync); returns once it is on disk.
+
+        A batch that only moves the commit index touches no disk (RaftStorage.persist): it runs
+        here, on the loop, without the two thread hand-offs that would otherwise sit in the
+        path of every commit, on the leader and on every follower.
+        """
+        if hard_state is not None:
+            term_and_vote = (hard_state.term, hard_state.vote)
+            if snapshot is None and not entries and term_and_vote == self._term_and_vote:
+                self.storage.persist(snapshot=None, entries=(), hard_state=hard_state)
+                return
         async with self._log_slots:
             await self._run(
                 self._log_thread,
@@ -56,6 +69,8 @@ class StorageWriter:
                     hard_state=hard_state,
                 ),
             )
+        if hard_state is not None:
+            self._term_and_vote = (hard_state.term, hard_state.vote)
 
     async def write_snapshot(self, metadata: SnapshotMetadata, chunks: Iterable[bytes]) -> None:
         """Stream a snapshot to disk in the background, then compact the log behind it.
