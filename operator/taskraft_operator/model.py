@@ -287,7 +287,8 @@ class ObservedPod:
     """A pod of the StatefulSet.
 
     `uid`: its metadata.uid (a recreated pod has another one); `revision`: its
-    `controller-revision-hash` label (the StatefulSet revision it was created from); `deleting`:
+    `controller-revision-hash` label (the StatefulSet revision it was created from); `version`:
+    its `app.kubernetes.io/version` label (the `spec.version` of that template); `deleting`:
     it has a deletionTimestamp; `node`: its `/v1/status`, None when the node did not answer (not
     started, crashed, unreachable).
     """
@@ -297,6 +298,7 @@ class ObservedPod:
     phase: str = "Running"
     ready: bool = False
     revision: str | None = None
+    version: str | None = None
     deleting: bool = False
     node: NodeStatus | None = None
 

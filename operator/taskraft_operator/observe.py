@@ -59,6 +59,8 @@ USER_AGENT = "taskraft-operator"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 REVISION_LABEL = "controller-revision-hash"
+# The pod template label that carries spec.version (planner.statefulset_manifest).
+VERSION_LABEL = "app.kubernetes.io/version"
 # The StatefulSet's volumeClaimTemplate (planner.statefulset_manifest).
 DATA_CLAIM = "data"
 
@@ -589,6 +591,7 @@ def observed_pod(
         phase=str(status.get("phase") or "Pending"),
         ready=ready,
         revision=(metadata.get("labels") or {}).get(REVISION_LABEL),
+        version=(metadata.get("labels") or {}).get(VERSION_LABEL),
         deleting=_deleting(body),
         node=node,
     )

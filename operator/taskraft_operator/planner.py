@@ -1260,8 +1260,13 @@ def _status(
     desired = view.desired
     previous = view.observed.status
     members = _member_reports(view)
-    versions = {member.version for member in members if member.version and member.voter}
-    if len(versions) == 1:
+    # The spec.version the voters' pods were created from: the version the roll has reached.
+    # (Each member's `version` is what its node reports: the taskraft build in the image.)
+    versions = {
+        pod.version if pod is not None else None
+        for pod in (view.pod(member.id) for member in members if member.voter)
+    }
+    if len(versions) == 1 and None not in versions:
         current_version: str | None = versions.pop()
     else:
         current_version = previous.current_version if previous is not None else None

@@ -131,6 +131,8 @@ class SimCluster:
     term: int = 0
     commit: int = 0
     broken_versions: set[str] = field(default_factory=set)
+    # The taskraft build every node reports; None: each reports its pod's spec.version.
+    build_version: str | None = None
     slow_nodes: set[str] = field(default_factory=set)
     status_document: dict[str, Any] | None = None
     uid_counter: int = 0
@@ -263,6 +265,7 @@ class SimCluster:
             phase="Running" if pod.running else "Pending",
             ready=self.ready(pod),
             revision=pod.revision,
+            version=pod.version,
             deleting=pod.deleting_until is not None,
             node=self.node_status(pod),
         )
@@ -288,7 +291,7 @@ class SimCluster:
             )
         return NodeStatus(
             node_id=node,
-            version=pod.version,
+            version=self.build_version or pod.version,
             ready=self.ready(pod),
             role="leader" if is_leader else "follower",
             term=self.term,

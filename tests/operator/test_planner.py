@@ -237,6 +237,19 @@ def test_scale_up_from_1_and_upgrade_a_single_voter() -> None:
     assert operator.status.current_version == "0.2.0"
 
 
+def test_current_version_is_the_spec_version_the_voters_pods_run_not_the_build() -> None:
+    # A new spec.version on the same image: the nodes keep reporting the build they run.
+    operator = running_cluster(replicas=3)
+    operator.sim.build_version = "0.1.0"
+    upgrade_to(operator, "0.2.0")
+    operator.step()
+    assert operator.status.current_version == "0.1.0"
+    operator.run()
+    assert sorted(deleted_pods(operator)) == ["qc-0", "qc-1", "qc-2"]
+    assert operator.status.current_version == operator.status.target_version == "0.2.0"
+    assert {member.version for member in operator.status.members} == {"0.1.0"}
+
+
 def test_a_scale_down_interrupted_by_a_scale_up_re_adds_the_member() -> None:
     operator = running_cluster(replicas=5)
     operator.change(replicas=3)
