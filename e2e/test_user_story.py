@@ -12,10 +12,14 @@ taskraft-operator:0.1.0 loaded); without a cluster every test skips saying how. 
   operator goes into NAMESPACE-system, installed to watch NAMESPACE only.
 - TASKRAFT_E2E_KEEP=1: leave the namespaces and the Helm release behind for a look.
 
-From outside the cluster, a client must reach the leader itself: a follower redirects to the
-leader's in-cluster DNS name, which does not resolve here, and `kubectl port-forward svc/...`
-forwards to one pod. So the Python client goes through `kubectl port-forward pod/LEADER`, and the
-client Service is exercised from inside the cluster with the `taskraft` command of a node pod.
+How the tests reach the nodes (TASKRAFT_E2E_REACH):
+
+- `port-forward` (the default, for any cluster such as kind): a follower redirects to the
+  leader's in-cluster DNS name, which does not resolve outside, so a client goes through
+  `kubectl port-forward pod/LEADER` (again to the new leader after a failover), and the client
+  Service is exercised from inside the cluster with the `taskraft` command of a node pod.
+- `direct`: the tests run inside the cluster's network with its names (the local control plane
+  of e2e/localkube does this): clients use the pods' DNS names and the client Service directly.
 
 Every wait polls with a deadline; nothing relies on a fixed sleep.
 """
@@ -31,8 +35,10 @@ import secrets
 import selectors
 import shlex
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,7 @@ import pytest
 import yaml
 
 from taskraft.client import Client
+from taskraft.errors import TaskraftError
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CHART = REPOSITORY / "charts" / "taskraft-operator"
@@ -60,9 +67,25 @@ VERSION: str = EXAMPLE_BODY["spec"]["version"]
 DECLARED_QUEUES = {queue["name"] for queue in EXAMPLE_BODY["spec"].get("queues", [])}
 SELECTOR = f"app.kubernetes.io/name=taskraft,app.kubernetes.io/instance={NAME}"
 CLIENT_PORT = 7100
+HTTP_PORT = 7102
+REACH = os.environ.get("TASKRAFT_E2E_REACH", "port-forward")
 
 DURABLE_QUEUE = "e2e-durable"
 DURABLE_TASKS = 20
+FAILOVER_QUEUE = "e2e-failover"
+FAILOVER_TASKS = 5_000
+ROLL_QUEUE = "e2e-roll"
+BACKUP_CLAIM = "e2e-backups"
+# Run in a Job that mounts the backup claim: exits 0 when the named snapshot and its metadata
+# are there and agree.
+CHECK_BACKUP_SCRIPT = """\
+import json, os, sys, zlib
+base = os.path.join({directory!r}, {name!r})
+meta = json.load(open(base + ".json"))
+data = open(base + ".snapshot", "rb").read()
+ok = len(data) == meta["size_bytes"] > 0 and format(zlib.crc32(data), "08x") == meta["crc32"]
+sys.exit(0 if ok else "the backup does not match its metadata: " + repr(meta))
+"""
 
 # Deadlines of the waits (the cluster's pods pull nothing with kind-loaded images).
 STEP_TIMEOUT_S = 600.0
@@ -261,20 +284,142 @@ def port_forward(target: str, remote_port: int, *, timeout_s: float = 30.0) -> I
 
 
 @contextlib.contextmanager
+def pod_endpoint(pod: str, port: int) -> Iterator[str]:
+    """An address at which this process reaches `port` of `pod` for the block."""
+    if REACH == "direct":
+        yield f"{pod}.{NAME}-peers.{NAMESPACE}.svc:{port}"
+        return
+    with port_forward(f"pod/{pod}", port) as local_port:
+        yield f"127.0.0.1:{local_port}"
+
+
+def node_status(pod: str) -> dict[str, Any]:
+    """`GET /v1/status` of the node in `pod`."""
+    with (
+        pod_endpoint(pod, HTTP_PORT) as address,
+        urllib.request.urlopen(f"http://{address}/v1/status", timeout=10) as response,
+    ):
+        document: dict[str, Any] = json.load(response)
+    return document
+
+
+def configuration(pod: str) -> dict[str, bool]:
+    """The Raft configuration `pod`'s node holds: member id -> voter."""
+    return {member["id"]: member["voter"] for member in node_status(pod)["members"]}
+
+
+@contextlib.contextmanager
 def leader_client() -> Iterator[Client]:
-    """A client connected to the leader's pod through a port-forward."""
+    """A client connected to the leader's pod."""
     leader = wait_settled(len(pods()) or REPLICAS)["status"]["leader"]
     with (
-        port_forward(f"pod/{leader}", CLIENT_PORT) as local_port,
-        Client([f"127.0.0.1:{local_port}"], request_timeout_s=30.0) as client,
+        pod_endpoint(leader, CLIENT_PORT) as address,
+        Client([address], request_timeout_s=30.0) as client,
     ):
         yield client
 
 
-def taskraft_in_pod(pod: str, *args: str) -> str:
-    """The `taskraft` command in a node pod, through the client Service `NAME:7100`."""
-    servers = f"{NAME}:{CLIENT_PORT}"
+def taskraft_via_service(pod: str, *args: str) -> str:
+    """The `taskraft` command inside the cluster, through the client Service: run in the node
+    pod `pod` (port-forward reach), or here (direct reach: this process is inside)."""
+    servers = f"{NAME}.{NAMESPACE}.svc.cluster.local:{CLIENT_PORT}"
+    if REACH == "direct":
+        command = [str(Path(sys.executable).parent / "taskraft"), *args, "--servers", servers]
+        return run(command, timeout=60).stdout
     return kubectl("exec", "-n", NAMESPACE, pod, "--", "taskraft", *args, "--servers", servers)
+
+
+@contextlib.contextmanager
+def current_leader_client() -> Iterator[Client]:
+    """A client connected to the pod the QueueCluster's status names as leader now, without
+    waiting for the cluster to settle (a roll or a failover may be under way)."""
+    leader: str | None = (queue_cluster().get("status") or {}).get("leader")
+    pod = pods().get(leader) if leader else None
+    if leader is None or pod is None or not pod_ready(pod):
+        raise AssertionError(f"no ready leader pod (status names {leader})")
+    with (
+        pod_endpoint(leader, CLIENT_PORT) as address,
+        Client([address], request_timeout_s=10.0) as client,
+    ):
+        yield client
+
+
+class Producer(threading.Thread):
+    """Enqueues `payload i` for i = 0, 1, ... into `queue` until `total` (or until `stop`),
+    each with the idempotency key `prefix-i`, through the leader of the moment: a failed call
+    is sent again with the same key, on a new connection to whichever pod leads then, so a
+    retry never adds a task twice. `confirmed` holds every i the cluster acknowledged."""
+
+    def __init__(self, queue: str, *, total: int | None = None, deadline_s: float = 600.0):
+        super().__init__(name=f"producer-{queue}", daemon=True)
+        self.queue = queue
+        self.total = total
+        self.prefix = secrets.token_hex(4)
+        self.confirmed: list[int] = []
+        self.retries = 0
+        self.failure: BaseException | None = None
+        self.stop_requested = threading.Event()
+        self._deadline = time.monotonic() + deadline_s
+
+    def run(self) -> None:
+        number = 0
+        with contextlib.ExitStack() as connection:
+            client: Client | None = None
+            try:
+                while not self.stop_requested.is_set() and (
+                    self.total is None or number < self.total
+                ):
+                    try:
+                        if client is None:
+                            client = connection.enter_context(current_leader_client())
+                        payload = f"payload {number}".encode()
+                        client.enqueue(self.queue, payload, key=f"{self.prefix}-{number}")
+                    except (TaskraftError, OSError, AssertionError) as error:
+                        connection.close()
+                        client = None
+                        if time.monotonic() > self._deadline:
+                            raise AssertionError(f"task {number} not confirmed: {error}") from error
+                        self.retries += 1
+                        time.sleep(0.5)
+                        continue
+                    self.confirmed.append(number)
+                    number += 1
+            except BaseException as error:  # reported by `finish`
+                self.failure = error
+
+    def finish(self, timeout_s: float = 600.0) -> list[int]:
+        """Stop (when endless) and wait; the numbers confirmed, or AssertionError."""
+        if self.total is None:
+            self.stop_requested.set()
+        self.join(timeout_s)
+        assert not self.is_alive(), f"producer of {self.queue} still running after {timeout_s} s"
+        if self.failure is not None:
+            raise AssertionError(f"producer of {self.queue} failed: {self.failure}")
+        return list(self.confirmed)
+
+
+def drain(queue: str) -> list[int]:
+    """Take every task out of `queue` (no lease: delivered is gone); the numbers they carry."""
+    numbers: list[int] = []
+    with leader_client() as client:
+        while batch := client.dequeue_many(queue, 1000, lease_ms=0):
+            numbers.extend(int(task.payload.decode().split()[1]) for task in batch)
+        assert client.count(queue).ready == 0
+    return numbers
+
+
+def assert_exactly_once(queue: str, confirmed: list[int]) -> None:
+    """Every confirmed task of `queue` is in it once; the queue holds nothing else."""
+    delivered = drain(queue)
+    repeated = len(delivered) - len(set(delivered))
+    missing = set(confirmed) - set(delivered)
+    assert not missing and not repeated, (
+        f"{queue}: {len(confirmed)} confirmed, {len(delivered)} delivered, "
+        f"{len(missing)} missing (e.g. {sorted(missing)[:5]}), {repeated} delivered twice"
+    )
+    # A task whose confirmation was lost with a connection may be there although unconfirmed;
+    # it is then the one the producer was sending at the end and nothing more.
+    assert set(delivered) <= set(confirmed) | {max(confirmed, default=-1) + 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,6 +500,33 @@ def test_operator_is_installed(operator: str) -> None:
         "--timeout=300s",
         timeout=330,
     )
+    # It runs under the chart's ServiceAccount: the chart's RBAC is all it gets.
+    (pod,) = operator_pods().values()
+    assert pod["spec"]["serviceAccountName"] == OPERATOR_DEPLOYMENT
+
+
+INVALID_SPECS = {
+    "replicas 0": ({"replicas": 0}, "spec.replicas"),
+    "an unknown field": ({"replicaCount": 3}, 'unknown field "spec.replicaCount"'),
+    "a bad version string": ({"version": "1.0 beta!"}, "spec.version"),
+}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", sorted(INVALID_SPECS))
+def test_the_api_server_refuses_an_invalid_queue_cluster(operator: str, case: str) -> None:
+    change, message = INVALID_SPECS[case]
+    body = json.loads(json.dumps(EXAMPLE_BODY))
+    body["metadata"]["name"] = "invalid"
+    body["spec"].update(change)
+    refused = run(
+        ["kubectl", "apply", "-n", NAMESPACE, "-f", "-"],
+        input_text=json.dumps(body),
+        check=False,
+    )
+    assert refused.returncode != 0, f"{case} was accepted"
+    assert message in refused.stderr, refused.stderr
+    assert run(["kubectl", "get", "qc/invalid", "-n", NAMESPACE], check=False).returncode != 0
 
 
 @pytest.mark.timeout(int(STEP_TIMEOUT_S) + 300)
@@ -363,7 +535,7 @@ def test_example_cluster_comes_up(operator: str) -> None:
     body = wait_settled(REPLICAS)
     status = body["status"]
     assert status["leader"] in {f"{NAME}-{ordinal}" for ordinal in range(REPLICAS)}
-    assert status["targetVersion"] == VERSION
+    assert status["targetVersion"] == status["currentVersion"] == VERSION
     assert conditions(body)["Progressing"]["reason"] == "Reconciled"
     for kind, name in (
         ("service", NAME),
@@ -373,6 +545,18 @@ def test_example_cluster_comes_up(operator: str) -> None:
         ("poddisruptionbudget", NAME),
     ):
         kubectl("get", kind, name, "-n", NAMESPACE)
+    # The printer columns of `kubectl get qc`, filled from the status.
+    header, row = kubectl("get", "qc", NAME, "-n", NAMESPACE).splitlines()
+    columns = dict(zip(header.split(), row.split(), strict=True))
+    assert columns == {
+        "NAME": NAME,
+        "REPLICAS": str(REPLICAS),
+        "READY": str(REPLICAS),
+        "LEADER": status["leader"],
+        "PHASE": "Running",
+        "VERSION": VERSION,
+        "AGE": columns["AGE"],
+    }
     with leader_client() as client:
 
         def declared() -> set[str] | Pending:
@@ -394,28 +578,48 @@ def test_enqueue_and_dequeue(operator: str) -> None:
         assert client.dequeue("emails") is None
 
     # Through the client Service from inside the cluster: any ready pod, redirected to the
-    # leader. A pod that is not the leader, so that the redirect is exercised too.
+    # leader. From a pod that is not the leader, so that the redirect is exercised too.
     leader = queue_cluster()["status"]["leader"]
     follower = next(name for name in sorted(pods()) if name != leader)
     payload = f"via-service-{secrets.token_hex(4)}"
-    taskraft_in_pod(follower, "enqueue", "default", payload)
+    taskraft_via_service(follower, "enqueue", "default", payload)
     answer = json.loads(
-        taskraft_in_pod(
+        taskraft_via_service(
             follower, "dequeue", "default", "--wait-ms", "5000", "--lease-ms", "0", "--json"
         )
     )
     assert base64.b64decode(answer["payload_base64"]).decode() == payload
 
 
-@pytest.mark.timeout(int(STEP_TIMEOUT_S) + 120)
-def test_leader_pod_killed(operator: str) -> None:
+@pytest.mark.timeout(int(STEP_TIMEOUT_S) + 600)
+def test_leader_pod_killed_while_enqueueing(operator: str) -> None:
     with leader_client() as client:
         client.create_queue(DURABLE_QUEUE)
         for number in range(DURABLE_TASKS):
             client.enqueue(DURABLE_QUEUE, f"task {number}".encode())
+        client.create_queue(FAILOVER_QUEUE)
     old_leader = queue_cluster()["status"]["leader"]
     old_uid = pods()[old_leader]["metadata"]["uid"]
-    kubectl("delete", "pod", old_leader, "-n", NAMESPACE, "--grace-period=1", "--wait=false")
+    producer = Producer(FAILOVER_QUEUE, total=FAILOVER_TASKS)
+    producer.start()
+    wait_until(
+        f"{FAILOVER_TASKS // 5} tasks enqueued",
+        lambda: (
+            True
+            if len(producer.confirmed) >= FAILOVER_TASKS // 5 or not producer.is_alive()
+            else Pending(f"{len(producer.confirmed)} confirmed")
+        ),
+        timeout_s=300,
+        interval_s=0.2,
+    )
+    # Killed: no grace period, the processes get SIGKILL.
+    kubectl(
+        "delete", "pod", old_leader, "-n", NAMESPACE, "--grace-period=0", "--force", "--wait=false"
+    )
+    killed_at = len(producer.confirmed)
+    confirmed = producer.finish()
+    assert len(confirmed) == FAILOVER_TASKS
+    assert killed_at < FAILOVER_TASKS, "the producer finished before the leader was killed"
 
     def back() -> dict[str, Any] | Pending:
         pod = pods().get(old_leader)
@@ -425,8 +629,24 @@ def test_leader_pod_killed(operator: str) -> None:
 
     body = wait_until(f"recovered from the loss of {old_leader}", back)
     assert body["status"]["leader"]
+    assert_exactly_once(FAILOVER_QUEUE, confirmed)
     with leader_client() as client:
         assert client.count(DURABLE_QUEUE).ready == DURABLE_TASKS
+
+
+def assert_every_node_holds(members: set[str]) -> None:
+    """Every pod's node holds the configuration of `members`, all voters."""
+    for pod in sorted(pods()):
+        held = wait_until(
+            f"{pod} holding the configuration {sorted(members)}",
+            lambda pod=pod: (  # type: ignore[misc]
+                found
+                if set(found := configuration(pod)) == members
+                else Pending(f"{pod} holds {found}")
+            ),
+            timeout_s=60,
+        )
+        assert all(held.values()), f"{pod} holds non-voters: {held}"
 
 
 @pytest.mark.timeout(int(2 * STEP_TIMEOUT_S) + 120)
@@ -437,33 +657,66 @@ def test_scale_up_and_down(operator: str) -> None:
     assert all(member["voter"] for member in body["status"]["members"])
     # Learner first, then promoted (docs/kubernetes.md, "Scale").
     assert {"StatefulSetScaled", "MemberAdded", "MemberPromoted"} <= event_reasons()
+    assert_every_node_holds({f"{NAME}-{ordinal}" for ordinal in range(5)})
 
     kubectl("scale", f"qc/{NAME}", "-n", NAMESPACE, "--replicas=3")
-    wait_settled(REPLICAS)
+    removed = [f"{NAME}-{ordinal}" for ordinal in (4, 3)]
+    # When a removed member's pod is first seen going, the leader's configuration of that
+    # moment must already be without it.
+    held_when_going: dict[str, dict[str, bool]] = {}
+
+    def scaled_down() -> dict[str, Any] | Pending:
+        current = pods()
+        for name in removed:
+            pod = current.get(name)
+            going = pod is None or bool(pod["metadata"].get("deletionTimestamp"))
+            if going and name not in held_when_going:
+                leader = queue_cluster()["status"]["leader"]
+                held_when_going[name] = configuration(leader)
+        return settled(REPLICAS)
+
+    wait_until("scaled down to 3", scaled_down, interval_s=0.5)
+    for name in removed:
+        assert name not in held_when_going[name], f"{name} went while a member"
     assert sorted(pods()) == [f"{NAME}-{ordinal}" for ordinal in range(REPLICAS)]
     assert "MemberRemoved" in event_reasons()
+    assert_every_node_holds({f"{NAME}-{ordinal}" for ordinal in range(REPLICAS)})
     # pvcRetention.whenScaled is Delete in the example.
-    removed = {f"data-{NAME}-{ordinal}" for ordinal in range(REPLICAS, 5)}
+    removed_claims = {f"data-{name}" for name in removed}
     wait_until(
         "the removed members' PVCs deleted",
-        lambda: True if not removed & pvc_names() else Pending(f"PVCs {sorted(pvc_names())}"),
+        lambda: (
+            True if not removed_claims & pvc_names() else Pending(f"PVCs {sorted(pvc_names())}")
+        ),
         timeout_s=120,
     )
     with leader_client() as client:
         assert client.count(DURABLE_QUEUE).ready == DURABLE_TASKS
 
 
-@pytest.mark.timeout(int(ROLL_TIMEOUT_S) + 120)
-def test_version_change_rolls_the_leader_last(operator: str) -> None:
-    body = wait_settled(REPLICAS)
-    leader_before = body["status"]["leader"]
-    uids = {name: pod["metadata"]["uid"] for name, pod in pods().items()}
-    new_version = f"{VERSION}-e2e"
-    patch = json.dumps({"spec": {"version": new_version}})
-    kubectl("patch", "queuecluster", NAME, "-n", NAMESPACE, "--type", "merge", "-p", patch)
+@dataclass
+class Roll:
+    """What watching a roll saw: the pods in the order they were restarted, and the leader
+    (per the status) when each went."""
 
-    restarted: list[str] = []
-    leader_when_restarted: dict[str, str | None] = {}
+    restarted: list[str]
+    leader_when_restarted: dict[str, str | None]
+
+
+def change_version(version: str) -> tuple[str, dict[str, str]]:
+    """Set spec.version once the cluster is settled; the leader and pod uids of before."""
+    body = wait_settled(REPLICAS)
+    uids = {name: pod["metadata"]["uid"] for name, pod in pods().items()}
+    patch = json.dumps({"spec": {"version": version}})
+    kubectl("patch", "queuecluster", NAME, "-n", NAMESPACE, "--type", "merge", "-p", patch)
+    return body["status"]["leader"], uids
+
+
+def watch_roll(
+    version: str, uids: Mapping[str, str], *, on_first_restart: Callable[[], None] | None = None
+) -> tuple[Roll, dict[str, Any]]:
+    """Wait until every pod runs `version` and the cluster settled; what the roll did."""
+    roll = Roll(restarted=[], leader_when_restarted={})
 
     def rolled() -> dict[str, Any] | Pending:
         current = pods()
@@ -472,26 +725,83 @@ def test_version_change_rolls_the_leader_last(operator: str) -> None:
         leader = (queue_cluster().get("status") or {}).get("leader")
         for name, pod in sorted(current.items()):
             replaced = pod["metadata"]["uid"] != uids.get(name)
-            if (replaced or pod["metadata"].get("deletionTimestamp")) and name not in restarted:
-                restarted.append(name)
-                leader_when_restarted[name] = leader
+            if (
+                replaced or pod["metadata"].get("deletionTimestamp")
+            ) and name not in roll.restarted:
+                roll.restarted.append(name)
+                roll.leader_when_restarted[name] = leader
+                if len(roll.restarted) == 1 and on_first_restart is not None:
+                    on_first_restart()
         labels = {
             name: pod["metadata"]["labels"].get("app.kubernetes.io/version")
             for name, pod in current.items()
         }
-        if set(labels.values()) != {new_version}:
-            return Pending(f"pod versions {labels}; restarted so far {restarted}")
+        if set(labels.values()) != {version}:
+            return Pending(f"pod versions {labels}; restarted so far {roll.restarted}")
         return settled(REPLICAS)
 
-    body = wait_until("rolled onto the new version", rolled, timeout_s=ROLL_TIMEOUT_S)
-    assert sorted(restarted) == sorted(uids), f"restarted {restarted}"
-    assert restarted[-1] == leader_before, f"restart order {restarted}, leader {leader_before}"
-    for name in restarted:
-        assert leader_when_restarted[name] != name, f"{name} restarted while leading"
-    assert body["status"]["targetVersion"] == new_version
+    body = wait_until(f"rolled onto {version}", rolled, timeout_s=ROLL_TIMEOUT_S, interval_s=1.0)
+    return roll, body
+
+
+def assert_leader_last(roll: Roll, uids: Mapping[str, str], leader_before: str) -> None:
+    assert sorted(roll.restarted) == sorted(uids), f"restarted {roll.restarted}"
+    assert roll.restarted[-1] == leader_before, (
+        f"restart order {roll.restarted}, leader {leader_before}"
+    )
+    for name in roll.restarted:
+        assert roll.leader_when_restarted[name] != name, f"{name} restarted while leading"
+
+
+@pytest.mark.timeout(int(ROLL_TIMEOUT_S) + 300)
+def test_version_change_rolls_the_leader_last_while_a_client_enqueues(operator: str) -> None:
+    with leader_client() as client:
+        client.create_queue(ROLL_QUEUE)
+    new_version = f"{VERSION}-e2e"
+    producer = Producer(ROLL_QUEUE)
+    producer.start()
+    leader_before, uids = change_version(new_version)
+    roll, body = watch_roll(new_version, uids)
+    confirmed = producer.finish()
+    print(f"roll order {roll.restarted}; {len(confirmed)} tasks, {producer.retries} retries")
+    assert_leader_last(roll, uids, leader_before)
+    assert body["status"]["targetVersion"] == body["status"]["currentVersion"] == new_version
     assert {"PodDeleted", "LeadershipTransferred"} <= event_reasons()
+    assert confirmed, "nothing was enqueued during the roll"
+    assert_exactly_once(ROLL_QUEUE, confirmed)
     with leader_client() as client:
         assert client.count(DURABLE_QUEUE).ready == DURABLE_TASKS
+
+
+def operator_pods() -> dict[str, dict[str, Any]]:
+    selector = "app.kubernetes.io/name=taskraft-operator"
+    items = kubectl_json("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", selector)["items"]
+    return {pod["metadata"]["name"]: pod for pod in items}
+
+
+@pytest.mark.timeout(int(ROLL_TIMEOUT_S) + 300)
+def test_a_new_operator_pod_finishes_a_roll_the_killed_one_started(operator: str) -> None:
+    (killed,) = operator_pods()
+    new_version = f"{VERSION}-e2e-2"
+    leader_before, uids = change_version(new_version)
+
+    def kill_the_operator() -> None:
+        kubectl(
+            "delete",
+            "pod",
+            killed,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        )
+
+    roll, body = watch_roll(new_version, uids, on_first_restart=kill_the_operator)
+    assert_leader_last(roll, uids, leader_before)
+    assert body["status"]["currentVersion"] == new_version
+    running = operator_pods()
+    assert killed not in running and len(running) == 1
 
 
 @pytest.mark.timeout(300)
@@ -523,10 +833,85 @@ def test_snapshot_on_request(operator: str) -> None:
     assert "SnapshotTaken" in event_reasons()
 
 
+def merge_patch_spec(spec: Mapping[str, Any]) -> None:
+    patch = json.dumps({"spec": spec})
+    kubectl("patch", "queuecluster", NAME, "-n", NAMESPACE, "--type", "merge", "-p", patch)
+
+
+@pytest.mark.timeout(600)
+def test_snapshot_on_schedule_then_a_backup_lands_in_the_claim(operator: str) -> None:
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": BACKUP_CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    run(["kubectl", "apply", "-n", NAMESPACE, "-f", "-"], input_text=json.dumps(claim))
+    # Every minute, and a backup of each round into the claim.
+    merge_patch_spec(
+        {"snapshots": {"schedule": "* * * * *"}, "backup": {"claimName": BACKUP_CLAIM}}
+    )
+
+    def backed_up() -> dict[str, Any] | Pending:
+        status = queue_cluster().get("status") or {}
+        last = status.get("lastSnapshot") or {}
+        backup = status.get("lastBackup") or {}
+        if last.get("trigger") != "schedule":
+            return Pending(f"lastSnapshot {last}")
+        if backup.get("state") != "Succeeded":
+            return Pending(f"lastBackup {backup}")
+        return status
+
+    status = wait_until("a scheduled snapshot backed up", backed_up, timeout_s=420)
+    merge_patch_spec({"snapshots": {"schedule": EXAMPLE_BODY["spec"]["snapshots"]["schedule"]}})
+    backup = status["lastBackup"]
+    assert "SnapshotTaken" in event_reasons()
+    # What the Job wrote, read back from the claim by a Job of its own.
+    expected = f"{NAME}-{backup['index']}-{backup['term']}"
+    check = CHECK_BACKUP_SCRIPT.format(directory="/backup", name=expected)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "e2e-check-backup"},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "check",
+                            "image": EXAMPLE_BODY["spec"]["image"],
+                            "command": ["python", "-c", check],
+                            "volumeMounts": [{"name": "backup", "mountPath": "/backup"}],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "backup", "persistentVolumeClaim": {"claimName": BACKUP_CLAIM}}
+                    ],
+                }
+            },
+        },
+    }
+    run(["kubectl", "apply", "-n", NAMESPACE, "-f", "-"], input_text=json.dumps(job))
+
+    def job_finished() -> str | Pending:
+        job_status = kubectl_json("get", "job", "e2e-check-backup", "-n", NAMESPACE)["status"]
+        if job_status.get("succeeded"):
+            return "Succeeded"
+        if job_status.get("failed"):
+            return "Failed"
+        return Pending(f"job {job_status}")
+
+    assert wait_until("the backup checked", job_finished, timeout_s=180) == "Succeeded"
+    kubectl("delete", "job", "e2e-check-backup", "-n", NAMESPACE, "--cascade=foreground")
+
+
 @pytest.mark.timeout(600)
 def test_delete_the_cluster(operator: str) -> None:
+    (operator_pod,) = operator_pods().values()
     kubectl("delete", f"qc/{NAME}", "-n", NAMESPACE, "--timeout=300s", timeout=330)
-    kinds = "statefulsets,services,configmaps,poddisruptionbudgets,pods"
+    kinds = "statefulsets,services,configmaps,poddisruptionbudgets,pods,jobs"
 
     def gone() -> bool | Pending:
         left = kubectl_json("get", kinds, "-n", NAMESPACE, "-l", SELECTOR)["items"]
@@ -537,3 +922,11 @@ def test_delete_the_cluster(operator: str) -> None:
     # pvcRetention.whenDeleted is Retain in the example: the volumes stay.
     assert {f"data-{NAME}-{ordinal}" for ordinal in range(REPLICAS)} <= pvc_names()
     kubectl("delete", "pvc", "-n", NAMESPACE, "-l", SELECTOR, "--timeout=120s", timeout=150)
+    # The operator runs on, in the same pod, with no restart.
+    (still,) = operator_pods().values()
+    assert still["metadata"]["uid"] == operator_pod["metadata"]["uid"]
+    assert pod_ready(still)
+    statuses = still["status"]["containerStatuses"]
+    assert [status["restartCount"] for status in statuses] == [
+        status["restartCount"] for status in operator_pod["status"]["containerStatuses"]
+    ]
