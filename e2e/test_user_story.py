@@ -218,6 +218,7 @@ def settled(replicas: int) -> dict[str, Any] | Pending:
         problems.append(f"pods {sorted(current_pods)}")
     for condition_type, wanted in (
         ("Available", "True"),
+        ("Progressing", "False"),
         ("Scaling", "False"),
         ("Upgrading", "False"),
         ("Degraded", "False"),

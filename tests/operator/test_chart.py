@@ -227,7 +227,14 @@ def test_monitors_are_off_by_default() -> None:
     kinds = {document["kind"] for document in render()}
     assert kinds == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"}
     namespaced = {document["kind"] for document in render(NAMESPACED)}
-    assert namespaced == {"ServiceAccount", "ClusterRole", "Role", "RoleBinding", "Deployment"}
+    assert namespaced == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    }
 
 
 @needs_helm
@@ -283,9 +290,20 @@ def test_namespaced_mode_grants_a_role_in_each_watched_namespace_only() -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
         ]
-    # Nothing cluster-wide is granted to the operator (the aggregated user roles bind nothing).
-    assert objects_of(documents, "ClusterRoleBinding") == []
+    # Cluster-wide, the operator may only list and watch CRDs and namespaces (kopf's discovery;
+    # the aggregated user roles bind nothing).
+    (binding,) = objects_of(documents, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == f"{FULLNAME}-discovery"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
+    ]
+    discovery = the(documents, "ClusterRole", f"{FULLNAME}-discovery")
+    assert permissions(discovery["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
     assert [r["metadata"]["name"] for r in objects_of(documents, "ClusterRole")] == [
+        f"{FULLNAME}-discovery",
         f"{FULLNAME}-edit",
         f"{FULLNAME}-view",
     ]
