@@ -7,7 +7,7 @@ SIM_ARGS ?=
 
 MAKEFLAGS += --no-print-directory
 
-.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick e2e clean
+.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick e2e controlplane clean
 
 install: $(STAMP)
 
@@ -18,16 +18,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check node operator tests bench
+	$(BIN)/ruff check node operator tests bench e2e
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy e2e/localkube
 
 importlint: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP)
 	$(BIN)/pytest -n 2
+	PYTHONPATH=e2e $(BIN)/pytest -p no:cacheprovider --confcutdir=e2e/localkube e2e/localkube/tests
 
 # Recipes run in order and make stops at the first failure.
 test: $(STAMP)
@@ -55,11 +57,23 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python bench/queue_bench.py --quick
 
-# The user's story on a real cluster (docs/kubernetes.md): needs KUBECONFIG, the images
-# taskraft:0.1.0 and taskraft-operator:0.1.0 loaded into the cluster, and Helm (`make helm` or
-# helm on PATH); every test skips, saying how, without them. Not part of `make test`.
-e2e: $(STAMP)
-	$(BIN)/pytest e2e -v
+# The user's story (e2e/test_user_story.py) on a real Kubernetes control plane. With KUBECONFIG
+# set, on that cluster (e.g. kind, with the images taskraft:0.1.0 and taskraft-operator:0.1.0
+# loaded; docs/kubernetes.md). Without it, on the local one: kube-apiserver, the controllers and
+# the scheduler built from Go modules (e2e/controlplane) and a kubelet that runs pods as
+# processes (e2e/localkube), all in network namespaces of their own. Not part of `make test`.
+E2E_PYTEST := $(BIN)/pytest e2e --ignore=e2e/localkube -v -p no:cacheprovider
+e2e: $(STAMP) $(HELM) controlplane
+	@if [ -n "$$KUBECONFIG" ]; then \
+		$(E2E_PYTEST); \
+	else \
+		directory=$$(mktemp -d -t taskraft-e2e-XXXXXX) && echo "local cluster in $$directory" && \
+		PYTHONPATH=e2e $(BIN)/python -m localkube run --directory $$directory -- $(E2E_PYTEST); \
+	fi
+
+# The control plane of `make e2e`, built once into e2e/.bin (again only when its pins change).
+controlplane:
+	bash e2e/controlplane/build.sh
 
 # Helm, built from source with the Go toolchain (no release binary is downloaded), for
 # tests/operator/test_chart.py: `helm lint` and `helm template` of charts/taskraft-operator.

@@ -1,9 +1,8 @@
-"""Pod IP addresses of the local node: one loopback address per pod, from 127.1.0.0/16.
+"""Pod IP addresses of the local node: one per pod, from the cluster network 10.244.0.0/16.
 
-Linux routes all of 127.0.0.0/8 to the loopback interface, so a process can bind any of these
-addresses without configuring anything; a pod's processes bind the address in its status.podIP.
-A released address is not handed out again for a while, so a client still talking to a deleted
-pod does not reach its successor by accident.
+Each address goes on the `eth0` of the pod's own network namespace (network.py); the gateway
+10.244.0.1 is the cluster's, never a pod's. A released address is not handed out again for a
+while, so a client still talking to a deleted pod does not reach its successor by accident.
 """
 
 from __future__ import annotations
@@ -12,7 +11,10 @@ import ipaddress
 import time
 from collections.abc import Callable
 
-POD_NETWORK = ipaddress.IPv4Network("127.1.0.0/16")
+from localkube.network import CLUSTER_NETWORK, GATEWAY
+
+POD_NETWORK = CLUSTER_NETWORK
+RESERVED = frozenset({GATEWAY})
 QUARANTINE_SECONDS = 90.0
 
 
@@ -62,7 +64,7 @@ class AddressAllocator:
                 return False
         except ValueError:
             return False
-        if address in self.in_use:
+        if address in self.in_use or address in RESERVED:
             return False
         released = self.released_at.get(address)
         if released is None:

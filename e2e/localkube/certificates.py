@@ -222,6 +222,9 @@ class ControlPlaneCertificates:
     front_proxy_client: CertificateAndKey
 
 
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
 def apiserver_dns_names() -> tuple[str, ...]:
     """The names that clients inside and outside the cluster reach the API server by."""
     return (
@@ -234,12 +237,16 @@ def apiserver_dns_names() -> tuple[str, ...]:
 
 
 def write_control_plane_certificates(
-    directory: Path, *, kubernetes_service_ip: IPAddress
+    directory: Path,
+    *,
+    kubernetes_service_ip: IPAddress,
+    advertise_address: IPAddress = LOOPBACK,
 ) -> ControlPlaneCertificates:
     """Create a new authority and every certificate of the control plane in `directory`.
 
     `kubernetes_service_ip` is the first address of the service range, the cluster IP of the
-    `kubernetes` Service that pods reach the API server through.
+    `kubernetes` Service that pods reach the API server through; `advertise_address` the
+    address the API server publishes as that Service's endpoint.
     """
     authority = CertificateAuthority.create(directory, "ca", "taskraft-local-kubernetes-ca")
     apiserver = authority.issue(
@@ -248,7 +255,7 @@ def write_control_plane_certificates(
         common_name="kube-apiserver",
         server=True,
         dns_names=apiserver_dns_names(),
-        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"), kubernetes_service_ip),
+        ip_addresses=tuple(dict.fromkeys((LOOPBACK, advertise_address, kubernetes_service_ip))),
     )
     apiserver_kubelet_client = authority.issue(
         directory,

@@ -1,7 +1,9 @@
-"""The whole local cluster: the control plane, the name service, the provisioner and the node.
+"""The whole local cluster: the control plane, the name service, the service proxy, the
+provisioner and the node.
 
 `start_cluster` starts them in that order inside one directory and returns once the node is
-registered and Ready, the default StorageClass exists and every watch has listed once;
+registered and Ready, the default StorageClass exists, every watch has listed once and the
+service proxy serves every ClusterIP;
 `LocalCluster.stop` kills every container, then stops the control plane.
 
 Layout of the directory: `control-plane/` (certificates, etcd, logs, admin.kubeconfig),
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,7 +26,9 @@ from localkube.controlplane import ControlPlane, start_control_plane
 from localkube.images import REPOSITORY_ROOT
 from localkube.kubelet import NODE_NAME, Kubelet
 from localkube.names import NameService
+from localkube.network import GATEWAY
 from localkube.provisioner import Provisioner
+from localkube.services import ServiceProxy
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ class LocalCluster:
     control_plane: ControlPlane
     api: KubernetesApi
     names: NameService
+    service_proxy: ServiceProxy
     provisioner: Provisioner
     kubelet: Kubelet
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -81,15 +87,26 @@ async def start_cluster(
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     control_plane = await asyncio.to_thread(
-        start_control_plane, directory / "control-plane", binaries=binaries
+        functools.partial(
+            start_control_plane,
+            directory / "control-plane",
+            binaries=binaries,
+            advertise_address=GATEWAY,
+        )
     )
     api = KubernetesApi.from_kubeconfig(control_plane.kubeconfig)
     names = NameService(api, directory)
+    service_proxy = ServiceProxy(api)
     provisioner = Provisioner(api, directory, node_name=node_name)
-    kubelet = Kubelet(api, directory, names, server=control_plane.server, node_name=node_name)
-    cluster = LocalCluster(directory, control_plane, api, names, provisioner, kubelet)
+    kubelet = Kubelet(
+        api, directory, names, server=control_plane.server_for_pods, node_name=node_name
+    )
+    cluster = LocalCluster(
+        directory, control_plane, api, names, service_proxy, provisioner, kubelet
+    )
     cluster.tasks = [
         asyncio.create_task(_logged(names.run()), name="name service"),
+        asyncio.create_task(_logged(service_proxy.run()), name="service proxy"),
         asyncio.create_task(_logged(provisioner.run()), name="provisioner"),
         asyncio.create_task(_logged(kubelet.run()), name="kubelet"),
     ]
@@ -120,6 +137,7 @@ async def _wait_ready(cluster: LocalCluster) -> None:
         "the pod watch": cluster.kubelet.pods.synced,
         "the service watch": cluster.names.services.synced,
         "the name service's pod watch": cluster.names.pod_objects.synced,
+        "the service proxy's first pass": cluster.service_proxy.synced,
     }
     for what, event in conditions.items():
         while not event.is_set():

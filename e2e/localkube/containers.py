@@ -80,6 +80,8 @@ class PodContext:
     changed: Callable[[], None]  # the pod's status needs reporting
     processes: set[int]  # process groups of the whole node, for its last-resort cleanup
     scratch_directory: Path  # the pod's files that are no volume (e.g. the image's passwd)
+    # The pod's network namespace (network.py); None: the cluster's own (hostNetwork).
+    network_namespace: Path | None = None
 
     @property
     def grace_seconds(self) -> float:
@@ -410,6 +412,11 @@ class ContainerRunner:
         python_home = Path(os.path.realpath(VIRTUAL_ENVIRONMENT_BIN / "python")).parents[1]
         return {
             "mode": "start",
+            "network_namespace": (
+                None
+                if self.context.network_namespace is None
+                else str(self.context.network_namespace)
+            ),
             "hostname": self.context.hostname,
             "arguments": plan.arguments,
             "environment": plan.environment,

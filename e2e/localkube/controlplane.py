@@ -4,7 +4,8 @@ The end-to-end tests need a Kubernetes API that behaves like a real one (RBAC, a
 service-account tokens, the controllers that turn a StatefulSet into Pods), and this machine has
 no container engine to run kind in. So etcd, kube-apiserver, kube-controller-manager and
 kube-scheduler, built from Go modules by e2e/controlplane/build.sh, run here as plain processes:
-each listens on 127.0.0.1 only, on ports free when it starts, and writes its log to a file in
+each listens on 127.0.0.1 (the API server also on the address it advertises to pods, inside the
+cluster's own network namespace), on ports free when it starts, and writes its log to a file in
 the control plane's directory. Every wait has a deadline, and `ControlPlane.stop` ends every
 process it started by its PID.
 """
@@ -66,6 +67,13 @@ class ControlPlane:
     certificate_authority: Path  # the PEM authority that signed every certificate here
     certificates: ControlPlaneCertificates | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    advertise_address: str = HOST  # the API server's address for pods (start_control_plane)
+
+    @property
+    def server_for_pods(self) -> str:
+        """The API server's URL as pods reach it: the advertised address."""
+        port = self.server.rsplit(":", 1)[1]
+        return f"https://{self.advertise_address}:{port}"
 
     def log_path(self, name: str) -> Path:
         """The log file of process `name` (e.g. "kube-apiserver")."""
@@ -261,9 +269,17 @@ class _Starter:
 
 
 def start_control_plane(
-    directory: Path, *, binaries: Path, timeout_s: float = START_TIMEOUT_S
+    directory: Path,
+    *,
+    binaries: Path,
+    timeout_s: float = START_TIMEOUT_S,
+    advertise_address: str = HOST,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler in `directory`.
+
+    The API server listens on 127.0.0.1 and, when `advertise_address` is another address (the
+    cluster network's gateway, which pods reach), on that address too: it publishes it as the
+    endpoint of the `kubernetes` Service. The other processes listen on 127.0.0.1 only.
 
     `binaries` holds the four executables (e2e/.bin after e2e/controlplane/build.sh). Returns
     once the API server is ready, the controller manager has created the `default`
@@ -278,7 +294,9 @@ def start_control_plane(
             raise ControlPlaneError(f"{binaries / name} is missing: run e2e/controlplane/build.sh")
 
     certificates = write_control_plane_certificates(
-        directory / "pki", kubernetes_service_ip=KUBERNETES_SERVICE_IP
+        directory / "pki",
+        kubernetes_service_ip=KUBERNETES_SERVICE_IP,
+        advertise_address=ipaddress.ip_address(advertise_address),
     )
     authority = certificates.certificate_authority.certificate
     front_proxy = certificates.front_proxy_certificate_authority
@@ -317,6 +335,7 @@ def start_control_plane(
         kubeconfig=kubeconfig,
         certificate_authority=authority,
         certificates=certificates,
+        advertise_address=advertise_address,
     )
     starter = _Starter(control_plane, timeout_s)
     try:
@@ -350,8 +369,10 @@ def start_control_plane(
             [
                 str(binaries / APISERVER),
                 f"--etcd-servers={etcd_client_url}",
-                f"--bind-address={HOST}",
-                f"--advertise-address={HOST}",
+                # One listening address: every address when pods must reach it (inside the
+                # cluster's own network namespace, nothing else can).
+                f"--bind-address={HOST if advertise_address == HOST else '0.0.0.0'}",
+                f"--advertise-address={advertise_address}",
                 f"--secure-port={apiserver_port}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--authorization-mode=Node,RBAC",
@@ -372,10 +393,10 @@ def start_control_plane(
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={certificates.front_proxy_client.certificate}",
                 f"--proxy-client-key-file={certificates.front_proxy_client.private_key}",
-                # The API server listens on 127.0.0.1 only, an address that the `kubernetes`
-                # Service may not have as an endpoint (validation forbids loopback endpoints):
-                # so it keeps none, rather than failing to write one every 10 seconds.
-                "--endpoint-reconciler-type=none",
+                # A loopback address may not be an endpoint (validation forbids it): with only
+                # 127.0.0.1, the `kubernetes` Service keeps no endpoint, rather than failing
+                # to write one every 10 seconds.
+                *(["--endpoint-reconciler-type=none"] if advertise_address == HOST else []),
             ],
         )
         administrator = _opener(authority, certificates.admin)

@@ -1,9 +1,9 @@
 """A kubelet whose containers are local processes: one Node of the local cluster.
 
 It registers the Node (Ready, schedulable, with capacity), keeps it alive through its Lease in
-kube-node-lease and status heartbeats, and runs the Pods bound to it: an address from
-127.1.0.0/16 (reported before any container starts, since workloads bind their status.podIP),
-a hosts file, volumes, init containers in order, then the containers with their probes and
+kube-node-lease and status heartbeats, and runs the Pods bound to it: a network namespace of
+the pod's own with an address from 10.244.0.0/16 (network.py; reported before any container
+starts), a hosts file, volumes, init containers in order, then the containers with their probes and
 restarts (containers.py); status through the status subresource; graceful deletion (preStop,
 SIGTERM, SIGKILL after the grace period, then the deletion of the Pod object with a uid
 precondition, as a real kubelet finishes it). Pods that vanish from the API are killed at once;
@@ -34,12 +34,14 @@ from localkube.api import ApiError, JsonObject, KubernetesApi, Reflector
 from localkube.containers import STOP_WAIT_SECONDS, ContainerRunner, PodContext, now_text
 from localkube.environment import ContainerConfigError
 from localkube.names import NameService, PodName
+from localkube.network import GATEWAY, PodNetworks
 from localkube.volumes import VolumeManager, VolumeNotReadyError
 
 logger = logging.getLogger(__name__)
 
 NODE_NAME = "localkube"
-HOST_ADDRESS = "127.0.0.1"
+# The node's own address: the cluster network's gateway, where pods reach it.
+HOST_ADDRESS = GATEWAY
 HEARTBEAT_SECONDS = 10.0
 LEASE_DURATION_SECONDS = 40
 MAX_PODS = 110
@@ -83,6 +85,7 @@ class Kubelet:
         self.node_name = node_name
         self.allocatable = node_allocatable(directory)
         self.addresses = AddressAllocator()
+        self.networks = PodNetworks()
         self.volumes = VolumeManager(api, directory, self.allocatable)
         self.workers: dict[str, PodWorker] = {}
         self.processes: set[int] = set()
@@ -413,6 +416,10 @@ class PodWorker:
 
     async def _release(self) -> None:
         self.kubelet.names.remove_pod(self.uid)
+        try:
+            await self.kubelet.networks.delete(self.uid)
+        except Exception:
+            logger.exception("pod %s: removing its network namespace failed", self.label)
         self.kubelet.addresses.release(self.uid)
         self.kubelet.volumes.cleanup(self.uid)
         self.kubelet.forget(self.uid)
@@ -434,10 +441,12 @@ class PodWorker:
         spec = self.pod["spec"]
         metadata = self.pod["metadata"]
         status = self.pod.get("status", {})
+        network_namespace = None
         if spec.get("hostNetwork"):
             self.address = HOST_ADDRESS
         else:
             self.address = self.kubelet.addresses.allocate(self.uid, status.get("podIP"))
+            network_namespace = await self.kubelet.networks.create(self.uid, self.address)
         self.start_time = status.get("startTime") or now_text()
         self.update(self.pod)
         hostname = (spec.get("hostname") or metadata["name"])[:63]
@@ -464,6 +473,7 @@ class PodWorker:
             changed=self.changed,
             processes=self.kubelet.processes,
             scratch_directory=self.kubelet.volumes.pod_root(self.pod) / "_image-files",
+            network_namespace=network_namespace,
         )
         self.init_runners = [
             ContainerRunner(self.context, container, init=True)

@@ -3,11 +3,12 @@
 Run by the kubelet as root, as `python -I launcher.py`, with a JSON specification on stdin.
 Standard library only: it is run as a script, without the localkube package.
 
-Mode "start": enters a new private mount namespace (and UTS namespace, for the pod's hostname),
-bind-mounts the container's volumes and its hosts file there, changes to the container's user
-and groups and working directory, and executes the program with the container's environment.
-Mode "enter": joins the mount and UTS namespaces of a running container (for exec probes and
-hooks) and does the same from the user on.
+Mode "start": joins the pod's network namespace (when the specification names one), enters a
+new private mount namespace (and UTS namespace, for the pod's hostname), bind-mounts the
+container's volumes and its hosts file there, changes to the container's user and groups and
+working directory, and executes the program with the container's environment.
+Mode "enter": joins the network, mount and UTS namespaces of a running container (for exec
+probes and hooks) and does the same from the user on.
 
 Every mount happens only after the new namespace is verified to be private, so nothing is ever
 mounted on the host. A mount point missing on the host is created there as an empty directory
@@ -30,6 +31,7 @@ from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -76,8 +78,16 @@ def enter_new_namespaces(hostname: str) -> None:
     _check(_libc.sethostname(encoded, ctypes.c_size_t(len(encoded))), "sethostname")
 
 
+def join_network_namespace(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        _check(_libc.setns(descriptor, CLONE_NEWNET), f"setns {path}")
+    finally:
+        os.close(descriptor)
+
+
 def join_namespaces(process_id: int) -> None:
-    for kind, flag in (("mnt", CLONE_NEWNS), ("uts", CLONE_NEWUTS)):
+    for kind, flag in (("net", CLONE_NEWNET), ("mnt", CLONE_NEWNS), ("uts", CLONE_NEWUTS)):
         descriptor = os.open(f"/proc/{process_id}/ns/{kind}", os.O_RDONLY)
         try:
             _check(_libc.setns(descriptor, flag), f"setns {kind}")
@@ -146,6 +156,8 @@ def run(specification: dict[str, Any]) -> None:
     groups = [int(group) for group in specification.get("supplemental_groups", [])]
     if specification["mode"] == "start":
         mounts = specification.get("mounts", [])
+        if specification.get("network_namespace"):
+            join_network_namespace(specification["network_namespace"])
         enter_new_namespaces(specification["hostname"])
         # Opened in the new namespace (a bind from another namespace's mount is refused) and
         # before any mount.

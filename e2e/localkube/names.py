@@ -3,22 +3,22 @@
 Every pod shares the host's network, so there is no cluster DNS; the names a pod would resolve
 through CoreDNS are written to hosts files instead:
 
-* `<directory>/hosts`, the cluster's file: localhost, every headless Service (with a selector)
-  as `<service>.<namespace>.svc` and `<service>.<namespace>.svc.cluster.local` with the
-  addresses of its ready endpoints (all of them with publishNotReadyAddresses), and every
-  endpoint that has a hostname (a pod with spec.hostname and spec.subdomain naming that
-  headless Service) as `<hostname>.<service>.<namespace>.svc(.cluster.local)`. The endpoints
-  are computed from the Pods by the endpoints controller's rules, because the API server
-  refuses loopback addresses in Endpoints and EndpointSlices. Test processes use it by running in a
-  private mount namespace with it bound over /etc/hosts.
+* `<directory>/hosts`, the cluster's file: localhost; every Service with a ClusterIP as
+  `<service>.<namespace>.svc` and `<service>.<namespace>.svc.cluster.local` with that address
+  (`localkube.services` proxies it); every headless Service (with a selector) under the same
+  names with the addresses of its ready endpoints (all of them with publishNotReadyAddresses),
+  and every endpoint that has a hostname (a pod with spec.hostname and spec.subdomain naming
+  that headless Service) as `<hostname>.<service>.<namespace>.svc(.cluster.local)`. The
+  endpoints are computed from the Pods by the endpoints controller's rules, because the API
+  server refuses loopback addresses in Endpoints and EndpointSlices. Test processes use it by
+  running in a private mount namespace with it bound over /etc/hosts.
 * one file per pod, bound over the pod's /etc/hosts: the cluster's lines, the short names a
   search path would give inside the pod's namespace (`<service>`, `<service>.<namespace>`,
   `<hostname>.<service>`) and the pod's own hostname, as the kubelet writes it.
 
 Files are rewritten in place (same inode), because bind mounts refer to the inode.
 
-Not resolved: ClusterIP Services (nothing proxies their virtual addresses), ExternalName
-Services and pod A records by dashed address.
+Not resolved: ExternalName Services and pod A records by dashed address.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localkube.api import JsonObject, KubernetesApi, Reflector
+from localkube.services import cluster_ip
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ class NameService:
             pods_by_namespace[namespace].append(pod)
         records: set[Record] = set()
         for (namespace, name), service in self.services.cache.items():
+            address = cluster_ip(service)
+            if address is not None:
+                records.add(Record(namespace, name, "", address))
+                continue
             spec = service.get("spec", {})
             selector = spec.get("selector")
             if spec.get("clusterIP") != "None" or not selector:
@@ -138,7 +143,10 @@ class NameService:
 
 def cluster_text(records: list[Record]) -> str:
     """The cluster's hosts file."""
-    lines = ["# Cluster names of localkube (headless Services and their pods).", *LOCALHOST_LINES]
+    lines = [
+        "# Cluster names of localkube (Services and headless Services' pods).",
+        *LOCALHOST_LINES,
+    ]
     lines += _lines(records, _fully_qualified)
     return "\n".join(lines) + "\n"
 
