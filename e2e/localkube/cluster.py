@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localkube.api import KubernetesApi
-from localkube.controlplane import ControlPlane, start_control_plane
+from localkube.controlplane import KUBERNETES_SERVICE_IP, ControlPlane, start_control_plane
 from localkube.images import REPOSITORY_ROOT
 from localkube.kubelet import NODE_NAME, Kubelet
 from localkube.names import NameService
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BINARIES = REPOSITORY_ROOT / "e2e" / ".bin"
 READY_TIMEOUT_SECONDS = 60.0
+# How pods reach the API server, as on any cluster: the `kubernetes` Service (the service proxy
+# forwards it to the address the API server advertises).
+KUBERNETES_SERVICE_URL = f"https://{KUBERNETES_SERVICE_IP}:443"
 STOP_TIMEOUT_SECONDS = 30.0
 
 
@@ -98,9 +101,7 @@ async def start_cluster(
     names = NameService(api, directory)
     service_proxy = ServiceProxy(api)
     provisioner = Provisioner(api, directory, node_name=node_name)
-    kubelet = Kubelet(
-        api, directory, names, server=control_plane.server_for_pods, node_name=node_name
-    )
+    kubelet = Kubelet(api, directory, names, server=KUBERNETES_SERVICE_URL, node_name=node_name)
     cluster = LocalCluster(
         directory, control_plane, api, names, service_proxy, provisioner, kubelet
     )

@@ -69,12 +69,6 @@ class ControlPlane:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     advertise_address: str = HOST  # the API server's address for pods (start_control_plane)
 
-    @property
-    def server_for_pods(self) -> str:
-        """The API server's URL as pods reach it: the advertised address."""
-        port = self.server.rsplit(":", 1)[1]
-        return f"https://{self.advertise_address}:{port}"
-
     def log_path(self, name: str) -> Path:
         """The log file of process `name` (e.g. "kube-apiserver")."""
         return self.directory / f"{name}.log"

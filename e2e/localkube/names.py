@@ -1,7 +1,7 @@
 """Cluster DNS names for the local node, through hosts files instead of a DNS server.
 
-Every pod shares the host's network, so there is no cluster DNS; the names a pod would resolve
-through CoreDNS are written to hosts files instead:
+The local cluster runs no DNS server; the names a pod would resolve through CoreDNS are written
+to hosts files instead:
 
 * `<directory>/hosts`, the cluster's file: localhost; every Service with a ClusterIP as
   `<service>.<namespace>.svc` and `<service>.<namespace>.svc.cluster.local` with that address
@@ -9,9 +9,9 @@ through CoreDNS are written to hosts files instead:
   names with the addresses of its ready endpoints (all of them with publishNotReadyAddresses),
   and every endpoint that has a hostname (a pod with spec.hostname and spec.subdomain naming
   that headless Service) as `<hostname>.<service>.<namespace>.svc(.cluster.local)`. The
-  endpoints are computed from the Pods by the endpoints controller's rules, because the API
-  server refuses loopback addresses in Endpoints and EndpointSlices. Test processes use it by
-  running in a private mount namespace with it bound over /etc/hosts.
+  endpoints are computed from the Pods by the endpoints controller's rules (the same answer
+  the EndpointSlices give, without waiting for the controller). `localkube run` binds it over
+  /etc/hosts for the command it runs.
 * one file per pod, bound over the pod's /etc/hosts: the cluster's lines, the short names a
   search path would give inside the pod's namespace (`<service>`, `<service>.<namespace>`,
   `<hostname>.<service>`) and the pod's own hostname, as the kubelet writes it.

@@ -359,6 +359,7 @@ class ServiceProxy:
         await asyncio.gather(*(listener.close() for listener in listeners))
         self.addresses.clear()
         await _ip("link", "del", self.interface, missing_ok=True)
+        logger.info("stopped: closed %d listener(s), removed %s", len(listeners), self.interface)
 
 
 async def pipe(
