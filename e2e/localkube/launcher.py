@@ -130,6 +130,20 @@ def expose(path: str, user_id: int, group_ids: set[int]) -> None:
         os.close(keep)
 
 
+def keep_visible(path: str, descriptor: int) -> None:
+    """Binds `path` (open as `descriptor` since before any mount) back where it was when a
+    volume mounted above it hides it: e.g. an emptyDir on /tmp with the repository under /tmp.
+    """
+    wanted = os.fstat(descriptor)
+    try:
+        found = os.stat(path)
+    except OSError:
+        found = None
+    if found is not None and (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino):
+        return
+    bind(descriptor, stat.S_ISDIR(wanted.st_mode), path, read_only=False)
+
+
 def bind(source: int, source_is_directory: bool, target: str, read_only: bool) -> None:
     """Binds the file or directory open as descriptor `source` on `target` (the source is
     opened before any mount, so an earlier mount, e.g. on /tmp, cannot hide it)."""
@@ -162,12 +176,16 @@ def run(specification: dict[str, Any]) -> None:
         # Opened in the new namespace (a bind from another namespace's mount is refused) and
         # before any mount.
         sources = [os.open(mount["source"], os.O_PATH) for mount in mounts]
-        for path in specification.get("expose", []):
+        exposed = {path: os.open(path, os.O_PATH) for path in specification.get("expose", [])}
+        for path in exposed:
             expose(path, user_id, {group_id, *groups})
         for mount, source in zip(mounts, sources, strict=True):
             is_directory = stat.S_ISDIR(os.fstat(source).st_mode)
             bind(source, is_directory, mount["target"], bool(mount.get("read_only")))
             os.close(source)
+        for path, descriptor in exposed.items():
+            keep_visible(path, descriptor)
+            os.close(descriptor)
     else:
         join_namespaces(int(specification["process_id"]))
     working_directory = Path(specification.get("working_directory") or "/")
