@@ -544,6 +544,7 @@ def test_example_cluster_comes_up(operator: str) -> None:
         ("configmap", f"{NAME}-config"),
         ("statefulset", NAME),
         ("poddisruptionbudget", NAME),
+        ("networkpolicy", NAME),
     ):
         kubectl("get", kind, name, "-n", NAMESPACE)
     # The printer columns of `kubectl get qc`, filled from the status.
@@ -912,7 +913,7 @@ def test_snapshot_on_schedule_then_a_backup_lands_in_the_claim(operator: str) ->
 def test_delete_the_cluster(operator: str) -> None:
     (operator_pod,) = operator_pods().values()
     kubectl("delete", f"qc/{NAME}", "-n", NAMESPACE, "--timeout=300s", timeout=330)
-    kinds = "statefulsets,services,configmaps,poddisruptionbudgets,pods,jobs"
+    kinds = "statefulsets,services,configmaps,poddisruptionbudgets,networkpolicies,pods,jobs"
 
     def gone() -> bool | Pending:
         left = kubectl_json("get", kinds, "-n", NAMESPACE, "-l", SELECTOR)["items"]

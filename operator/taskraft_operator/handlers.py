@@ -65,7 +65,8 @@ metrics server (metrics.py) on `TASKRAFT_OPERATOR_METRICS_PORT` (default 9090; `
   watch, patch (kopf: its watch and annotations); queueclusters/status: patch;
   queueclusters/finalizers: update (owner references with blockOwnerDeletion, where
   OwnerReferencesPermissionEnforcement is on).
-- apps statefulsets; core configmaps and services; policy poddisruptionbudgets: get, patch
+- apps statefulsets; core configmaps and services; policy poddisruptionbudgets;
+  networking.k8s.io networkpolicies: get, patch
   (server-side apply, and the StatefulSet's scale), create (a server-side apply that creates
   the object is authorized as create too).
 - core pods: list, delete; core persistentvolumeclaims: list, delete.

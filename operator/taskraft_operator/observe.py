@@ -21,12 +21,13 @@ uses, so both halves talk to the world the same way:
   tests map pods to `taskraft serve` processes on 127.0.0.1.
 
 What `observe` reads, all concurrently: the StatefulSet `{name}`, the ConfigMap
-`{name}-config`, the Services `{name}-peers` and `{name}`, the PodDisruptionBudget `{name}`
-(each only for its `taskraft.io/spec-hash` annotation), the pods and the data PVCs of the
-cluster (listed by the cluster's labels and then matched by name, `{name}-{ordinal}` and
-`data-{name}-{ordinal}`), the backup Jobs (listed by the same labels, only when
-`spec.backup.claimName` is set), and the `/v1/status` of every pod's node, ready or not (None
-when it does not answer within `NodeHttp.status_timeout_s`, or answers as another node).
+`{name}-config`, the Services `{name}-peers` and `{name}`, the PodDisruptionBudget and the
+NetworkPolicy `{name}` (each only for its `taskraft.io/spec-hash` annotation), the pods and
+the data PVCs of the cluster (listed by the cluster's labels and then matched by name,
+`{name}-{ordinal}` and `data-{name}-{ordinal}`), the backup Jobs (listed by the same labels,
+only when `spec.backup.claimName` is set), and the `/v1/status` of every pod's node, ready or
+not (None when it does not answer within `NodeHttp.status_timeout_s`, or answers as another
+node).
 """
 
 from __future__ import annotations
@@ -99,12 +100,23 @@ PODS = ApiResource("v1", "pods", "Pod")
 PVCS = ApiResource("v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 STATEFUL_SETS = ApiResource("apps/v1", "statefulsets", "StatefulSet")
 PDBS = ApiResource("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
+NETWORK_POLICIES = ApiResource("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")
 JOBS = ApiResource("batch/v1", "jobs", "Job")
 QUEUE_CLUSTERS = ApiResource(API_VERSION, PLURAL, KIND)
 
 RESOURCES_BY_KIND: Mapping[str, ApiResource] = {
     resource.kind: resource
-    for resource in (CONFIG_MAPS, SERVICES, PODS, PVCS, STATEFUL_SETS, PDBS, JOBS, QUEUE_CLUSTERS)
+    for resource in (
+        CONFIG_MAPS,
+        SERVICES,
+        PODS,
+        PVCS,
+        STATEFUL_SETS,
+        PDBS,
+        NETWORK_POLICIES,
+        JOBS,
+        QUEUE_CLUSTERS,
+    )
 }
 
 
@@ -477,6 +489,7 @@ async def observe(
         ("Service", model.peers_service_name(name)),
         ("Service", name),
         ("PodDisruptionBudget", name),
+        ("NetworkPolicy", name),
     )
     stateful_set_body, pods, pvcs, jobs, *objects = await asyncio.gather(
         api.get(STATEFUL_SETS, namespace, name),
@@ -655,6 +668,7 @@ async def close_quietly(*closables: KubeApi | NodeHttp) -> None:
 __all__ = [
     "CONFIG_MAPS",
     "FIELD_MANAGER",
+    "NETWORK_POLICIES",
     "PDBS",
     "PODS",
     "PVCS",

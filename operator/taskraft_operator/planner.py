@@ -18,7 +18,8 @@ reads it back and resumes.
 1. Paused (annotation): Nothing; only the status is reported. Invalid spec: Refuse.
 2. Owned objects, each compared by the `taskraft.io/spec-hash` annotation of the manifest built
    here: the ConfigMap, the headless Service `{name}-peers`, the client Service `{name}`, the
-   StatefulSet (OnDelete, Parallel), the PodDisruptionBudget. EnsureObject for the first that
+   StatefulSet (OnDelete, Parallel), the PodDisruptionBudget, the NetworkPolicy (only the
+   cluster's pods reach the peer port). EnsureObject for the first that
    differs (the handler creates it, or applies it server-side; the StatefulSet's `replicas` is
    the observed one: only ScaleStatefulSet changes it).
 3. The StatefulSet controller must have computed the update revision of the latest template.
@@ -1632,6 +1633,7 @@ def _owned_objects(
         client_service_manifest(desired),
         statefulset,
         pdb_manifest(desired),
+        network_policy_manifest(desired),
     )
     objects = tuple(
         _OwnedObject(
@@ -1788,6 +1790,34 @@ def pdb_manifest(desired: DesiredSpec) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
+        "metadata": _metadata(desired, desired.name),
+        "spec": spec,
+    }
+    return _with_spec_hash(manifest, spec)
+
+
+def network_policy_manifest(desired: DesiredSpec) -> dict[str, Any]:
+    """Only the cluster's own pods reach the peer port (Raft: votes, the log, snapshots).
+
+    The client port stays open to every client, and the HTTP port to the kubelet's probes,
+    Prometheus, the operator and the backup Jobs (its admin endpoints are the nodes' to guard).
+    Enforced by the cluster's network plugin where it supports NetworkPolicy.
+    """
+    spec = {
+        "podSelector": {"matchLabels": _selector(desired)},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": _selector(desired)}}],
+                "ports": [{"protocol": "TCP", "port": PEER_PORT}],
+            },
+            {"ports": [{"protocol": "TCP", "port": CLIENT_PORT}]},
+            {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
+        ],
+    }
+    manifest: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": _metadata(desired, desired.name),
         "spec": spec,
     }

@@ -55,6 +55,7 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("", "services"): {"get", "create", "patch"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch"},
     # Observed by label; planner.DeletePod (with a uid precondition) and planner.DeletePvc.
     ("", "pods"): {"list", "delete"},
     ("", "persistentvolumeclaims"): {"list", "delete"},

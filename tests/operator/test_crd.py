@@ -1178,7 +1178,7 @@ def test_every_status_of_a_cluster_life_is_accepted() -> None:
     run(lambda: operator.change(version="0.2.0", image="taskraft:0.2.0"))
     run(lambda: operator.change(replicas=5))
     run(lambda: operator.change(replicas=3))
-    assert seen == {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
+    assert seen == {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy"}
     assert {phase for phase, _ in documents} >= {"Creating", "Running", "Upgrading", "Scaling"}
     assert any(document["lastSnapshot"] for _, document in documents)
     for phase, document in documents:

@@ -45,6 +45,7 @@ from taskraft_operator.model import (
 )
 from taskraft_operator.observe import (
     CONFIG_MAPS,
+    NETWORK_POLICIES,
     PDBS,
     PODS,
     PVCS,
@@ -80,6 +81,7 @@ OWNED = (
     (SERVICES, CLUSTER),
     (STATEFUL_SETS, CLUSTER),
     (PDBS, CLUSTER),
+    (NETWORK_POLICIES, CLUSTER),
 )
 
 

@@ -91,23 +91,25 @@ def deleted_pods(operator: Operator, since: int = 0) -> list[str]:
 # Creation
 
 
-def test_create_from_nothing_builds_the_objects_in_order_then_waits_for_a_leader() -> None:
+def test_create_from_nothing_builds_the_objects_in_order_then_switches_founders_to_join() -> None:
     operator = Operator(SimCluster(), desired_spec())
     plans = operator.run()
 
     ensured = [(action.kind, action.name) for action in actions_of(plans, EnsureObject)]
-    assert ensured[:5] == [
+    assert ensured[:6] == [
         ("ConfigMap", "qc-config"),
         ("Service", "qc-peers"),
         ("Service", "qc"),
         ("StatefulSet", "qc"),
         ("PodDisruptionBudget", "qc"),
+        ("NetworkPolicy", "qc"),
     ]
     # Once every founder has started, the founders' files switch to `join` (no pod restarts).
-    assert ensured[5:] == [("ConfigMap", "qc-config")]
+    assert ensured[6:] == [("ConfigMap", "qc-config")]
     assert not actions_of(plans, DeletePod)
+    # Until then it only waits for the founders (how often depends on how fast pods start).
     waits = [action.reason for action in actions_of(plans, Wait)]
-    assert waits and all("founding members" in reason for reason in waits)
+    assert all("founding members" in reason for reason in waits)
 
     status = operator.status
     assert status.phase == "Running"
@@ -816,6 +818,17 @@ def test_services_and_pdb() -> None:
     assert [port["port"] for port in client["ports"]] == [7100, 7102]
     pdb = result[("PodDisruptionBudget", "qc")]["spec"]
     assert pdb["maxUnavailable"] == 1
+
+
+def test_network_policy_lets_only_the_clusters_pods_reach_the_peer_port() -> None:
+    result = running_cluster().sim.manifests
+    policy = result[("NetworkPolicy", "qc")]["spec"]
+    selector = result[("StatefulSet", "qc")]["spec"]["selector"]["matchLabels"]
+    own_pods = {"podSelector": {"matchLabels": selector}}
+    assert policy["podSelector"] == own_pods["podSelector"]
+    assert policy["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["ingress"]}
+    assert by_port == {7101: [own_pods], 7100: None, 7102: None}
 
 
 # ---------------------------------------------------------------------------------------------
