@@ -1883,9 +1883,15 @@ def _pod_template(desired: DesiredSpec) -> dict[str, Any]:
                 "runAsUser": NODE_USER_ID,
                 "runAsGroup": NODE_USER_ID,
                 "fsGroup": NODE_USER_ID,
+                "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [_node_container(desired)],
-            "volumes": [{"name": "config", "configMap": {"name": configmap_name(desired.name)}}],
+            "volumes": [
+                {"name": "config", "configMap": {"name": configmap_name(desired.name)}},
+                # The root file system is read-only; anything that wants a scratch file gets
+                # this (the node itself writes only to its data volume).
+                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            ],
         },
     }
 
@@ -1929,7 +1935,14 @@ def _node_container(desired: DesiredSpec) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT_PATH},
             {"name": "config", "mountPath": CONFIG_MOUNT_PATH, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
         ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
 
 

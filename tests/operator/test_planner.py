@@ -820,6 +820,24 @@ def test_services_and_pdb() -> None:
     assert pdb["maxUnavailable"] == 1
 
 
+def test_node_pods_run_locked_down() -> None:
+    template = running_cluster().sim.manifests[("StatefulSet", "qc")]["spec"]["template"]
+    pod = template["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    writable = {
+        mount["mountPath"] for mount in container["volumeMounts"] if not mount.get("readOnly")
+    }
+    assert writable == {"/var/lib/taskraft/data", "/tmp"}
+
+
 def test_network_policy_lets_only_the_clusters_pods_reach_the_peer_port() -> None:
     result = running_cluster().sim.manifests
     policy = result[("NetworkPolicy", "qc")]["spec"]
