@@ -11,9 +11,9 @@ its own PID) to `<directory>/localkube.json` and, as shell variables, `<director
 Another process joins with `nsenter --target PID --net --mount COMMAND`.
 
 `run` starts the cluster, puts its hosts file over /etc/hosts (in its own mount namespace
-only), runs COMMAND with KUBECONFIG naming the admin kubeconfig, TASKRAFT_E2E_REACH=direct and
-e2e/.bin first on PATH, stops the cluster and exits with COMMAND's status. `make e2e` runs the
-end-to-end suite this way.
+only), runs COMMAND with KUBECONFIG naming the admin kubeconfig, TASKRAFT_E2E_REACH=direct,
+TASKRAFT_E2E_AUDIT_LOG naming the API server's audit log and e2e/.bin first on PATH, stops
+the cluster and exits with COMMAND's status. `make e2e` runs the end-to-end suite this way.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ async def run_command(
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),
         "TASKRAFT_E2E_REACH": "direct",
+        "TASKRAFT_E2E_AUDIT_LOG": str(cluster.control_plane.audit_log),
         "PATH": f"{binaries}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     process = await asyncio.create_subprocess_exec(*options.arguments, env=environment)

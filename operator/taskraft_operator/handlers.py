@@ -70,7 +70,7 @@ metrics server (metrics.py) on `TASKRAFT_OPERATOR_METRICS_PORT` (default 9090; `
   (server-side apply, and the StatefulSet's scale), create (a server-side apply that creates
   the object is authorized as create too).
 - core pods: list, delete; core persistentvolumeclaims: list, delete.
-- batch jobs: get, list, create, patch (the backup Jobs: server-side applied, listed by the
+- batch jobs: list, create, patch (the backup Jobs: server-side applied, listed by the
   cluster's labels; never deleted: ttlSecondsAfterFinished and the owner reference do that).
 - core events: create (kopf posts them).
 - kopf itself, cluster-wide and optional (it logs a warning and goes on without them):

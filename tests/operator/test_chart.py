@@ -60,7 +60,7 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("", "pods"): {"list", "delete"},
     ("", "persistentvolumeclaims"): {"list", "delete"},
     # planner.EnsureObject of the backup Job (applied like the objects above); observed by label.
-    ("batch", "jobs"): {"get", "list", "create", "patch"},
+    ("batch", "jobs"): {"list", "create", "patch"},
     # kopf's and the handlers' events.
     ("", "events"): {"create"},
 }
