@@ -122,6 +122,22 @@ class Unavailable(TaskraftError):
     retryable = True
 
 
+class Unauthenticated(TaskraftError):
+    """The node requires a token and the caller gave none, or one it does not know.
+
+    The answer says no more than that, so that it tells a guesser nothing; the connection is
+    closed. Resending with the same token gets the same answer.
+    """
+
+    code, name = 20, "unauthenticated"
+
+
+class Forbidden(TaskraftError):
+    """The caller's token is valid, but its role does not allow the operation."""
+
+    code, name = 21, "forbidden"
+
+
 ERRORS_BY_CODE: dict[int, type[TaskraftError]] = {
     error.code: error
     for error in (
@@ -144,6 +160,8 @@ ERRORS_BY_CODE: dict[int, type[TaskraftError]] = {
         InvalidArgument,
         QueueNotEmpty,
         Unavailable,
+        Unauthenticated,
+        Forbidden,
     )
 }
 
@@ -160,6 +178,7 @@ def error_from_code(code: int, message: str) -> TaskraftError:
 __all__ = [
     "ERRORS_BY_CODE",
     "BadRequest",
+    "Forbidden",
     "InvalidArgument",
     "InvalidMaxPayloadSize",
     "InvalidMaxSize",
@@ -175,6 +194,7 @@ __all__ = [
     "QueueNotEmpty",
     "QueueNotFound",
     "TaskraftError",
+    "Unauthenticated",
     "Unavailable",
     "UnknownLease",
     "UnknownQueueKind",

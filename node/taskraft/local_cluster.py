@@ -173,9 +173,11 @@ class LocalCluster:
         extra_arguments: Sequence[str] = (),
         log_level: str = "info",
         founders: int | None = None,
+        http_token: str | None = None,
     ) -> None:
         """`founders`: how many of the nodes found the cluster (default all); the others start
-        with `--join` and wait to be added through the leader's HTTP API."""
+        with `--join` and wait to be added through the leader's HTTP API. `http_token`: the
+        bearer token `status` sends, for nodes started with `--auth-token-file`."""
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self.layout = node_layout(nodes, base_port)
@@ -187,6 +189,7 @@ class LocalCluster:
         self.tick_interval_ms = tick_interval_ms
         self.extra_arguments = list(extra_arguments)
         self.log_level = log_level
+        self.http_token = http_token
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- addresses ---------------------------------------------------------------------------
@@ -322,9 +325,11 @@ class LocalCluster:
 
     def status(self, node_id: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """The node's `/v1/status` document, or None when it does not answer."""
-        url = f"http://{self.node(node_id).http_address}/v1/status"
+        request = urllib.request.Request(f"http://{self.node(node_id).http_address}/v1/status")
+        if self.http_token is not None:
+            request.add_header("Authorization", f"Bearer {self.http_token}")
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 document: dict[str, Any] = json.load(response)
                 return document
         except (OSError, urllib.error.URLError, ValueError):

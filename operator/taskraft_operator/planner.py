@@ -184,6 +184,11 @@ RESERVED_CONFIG_KEYS = frozenset(
         "advertise_peer_address",
         "advertise_http_address",
         "cluster_id",
+        # Files the pod would need mounted, which spec.config cannot do; the operator does not
+        # manage client tokens or the cluster secret yet (docs/kubernetes.md, "Not built yet").
+        "auth_token_file",
+        "cluster_secret_file",
+        "metrics_require_token",
     }
 )
 

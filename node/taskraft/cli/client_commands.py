@@ -11,7 +11,11 @@ Exit statuses, the same for every command:
 - 0 (`EXIT_OK`): done.
 - 1 (`EXIT_ERROR`): the cluster answered an error (printed as `error: <name> (<code>):
   <message>` on stderr), or no server could be reached in time (`unavailable`); for `status`,
-  no server answered.
+  no server answered. Among them `unauthenticated` (no token, or one the cluster does not know)
+  and `forbidden` (the token's role does not allow the command), with a hint on stderr.
+
+A cluster that requires tokens gets the one of `--token`, else of `$TASKRAFT_TOKEN` (better: a
+flag shows in the process list). The token is never printed.
 - 2 (`EXIT_USAGE`): bad command line (argparse's own status), including a bad `--servers` or
   `TASKRAFT_SERVERS`.
 - 3 (`EXIT_NO_TASK`): `dequeue` or `dequeue-many` found no task (within `--wait-ms`), so a
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskraft.addresses import parse_address
 from taskraft.client import AsyncClient, QueueDescription, Task
-from taskraft.errors import TaskraftError
+from taskraft.errors import Forbidden, TaskraftError, Unauthenticated
 from taskraft.protocol import NodeStatus
 from taskraft.protocol.exceptions import ProtocolError
 
@@ -48,6 +52,7 @@ EXIT_NO_TASK = 3
 EXIT_INTERRUPTED = 130
 
 SERVERS_ENVIRONMENT_VARIABLE = "TASKRAFT_SERVERS"
+TOKEN_ENVIRONMENT_VARIABLE = "TASKRAFT_TOKEN"
 DEFAULT_SERVERS = "127.0.0.1:7100"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -137,6 +142,15 @@ def _client_options() -> argparse.ArgumentParser:
         help=(
             "client addresses of the cluster's nodes, comma-separated (default: "
             f"${SERVERS_ENVIRONMENT_VARIABLE}, else {DEFAULT_SERVERS})"
+        ),
+    )
+    group.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help=(
+            "the bearer token of a cluster that requires one (default: "
+            f"${TOKEN_ENVIRONMENT_VARIABLE}, which keeps it out of the process list)"
         ),
     )
     group.add_argument(
@@ -568,11 +582,34 @@ def _servers_of(arguments: argparse.Namespace) -> list[str]:
         raise ValueError(f"${SERVERS_ENVIRONMENT_VARIABLE}: {error}") from None
 
 
+def _token_of(arguments: argparse.Namespace) -> str | None:
+    """--token, else $TASKRAFT_TOKEN, else None (a cluster without authentication)."""
+    token: str | None = getattr(arguments, "token", None)
+    if token is None:
+        token = os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "").strip() or None
+    return token
+
+
 def _report_error(error: BaseException) -> None:
     if isinstance(error, TaskraftError):
         print(f"error: {error.name} ({error.code}): {error.message}", file=sys.stderr)
     else:
         print(f"error: {error}", file=sys.stderr)
+    _report_hint(error)
+
+
+def _report_hint(error: BaseException) -> None:
+    if isinstance(error, Unauthenticated):
+        print(
+            f"hint: the cluster requires a token it knows: set ${TOKEN_ENVIRONMENT_VARIABLE} "
+            "(or --token)",
+            file=sys.stderr,
+        )
+    elif isinstance(error, Forbidden):
+        print(
+            "hint: the token's role does not allow this command; use a token whose role does",
+            file=sys.stderr,
+        )
 
 
 def _run(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -590,7 +627,12 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def _client(servers: Sequence[str], arguments: argparse.Namespace) -> AsyncClient:
-    return AsyncClient(servers, client_name="taskraft-cli", request_timeout_s=arguments.timeout)
+    return AsyncClient(
+        servers,
+        client_name="taskraft-cli",
+        token=_token_of(arguments),
+        request_timeout_s=arguments.timeout,
+    )
 
 
 def client_command(operation: ClientOperation) -> Handler:
@@ -951,6 +993,9 @@ async def _statuses(servers: Sequence[str], arguments: argparse.Namespace) -> in
         _print_table(header, rows)
     if not answered:
         print(f"error: none of {len(servers)} server(s) answered", file=sys.stderr)
+        refusals = [answer.error for answer in answers if answer.error is not None]
+        if any(error.startswith(f"{Unauthenticated.name} (") for error in refusals):
+            _report_hint(Unauthenticated())
         return EXIT_ERROR
     return EXIT_OK
 
@@ -984,6 +1029,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "SERVERS_ENVIRONMENT_VARIABLE",
+    "TOKEN_ENVIRONMENT_VARIABLE",
     "client_command",
     "parse_servers",
     "register_client_commands",

@@ -123,6 +123,11 @@ def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSet
             f"options election_timeout_ticks ({configuration['election_timeout_ticks']}) and "
             f"heartbeat_interval_ticks ({configuration['heartbeat_interval_ticks']}): {error}"
         ) from None
+    if configuration["metrics_require_token"] and configuration["auth_token_file"] is None:
+        raise ConfigurationError(
+            "option metrics_require_token needs auth_token_file (--auth-token-file, "
+            "TASKRAFT_AUTH_TOKEN_FILE): without tokens there is none to require"
+        )
     members: Mapping[str, str] | None = configuration["initial_members"]
     return NodeSettings(
         node_id=NodeId(configuration["node_id"]),
@@ -140,6 +145,7 @@ def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSet
         advertise_peer_address=configuration["advertise_peer_address"],
         advertise_http_address=configuration["advertise_http_address"],
         cluster_id=configuration["cluster_id"],
+        cluster_secret_file=configuration["cluster_secret_file"],
         raft=raft,
         replica=ReplicaSettings(
             tick_interval_ms=configuration["tick_interval_ms"],
@@ -152,6 +158,8 @@ def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSet
         long_polls_max=configuration["long_polls_max"],
         shutdown_timeout_s=configuration["shutdown_timeout_ms"] / 1000,
         status_log_interval_s=configuration["status_log_interval_s"],
+        auth_token_file=configuration["auth_token_file"],
+        metrics_require_token=configuration["metrics_require_token"],
     )
 
 

@@ -23,6 +23,11 @@ requests, sent one after the other so that the tasks keep their order.
 
 Attempts back off exponentially with jitter, and a call gives up with `Unavailable` once its
 deadline (`request_timeout_s`, plus `wait_ms` for a dequeue) has passed.
+
+A node that requires a token (`taskraft serve --auth-token-file`) is given `token` in every
+handshake. `Unauthenticated` (no token, or one the node does not know) and `Forbidden` (the
+token's role does not allow the operation) are raised at once, never retried: the same token
+would get the same answer.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from taskraft.errors import (
     NotLeader,
     Overloaded,
     TaskraftError,
+    Unauthenticated,
     Unavailable,
     UnknownLease,
     error_from_code,
@@ -158,13 +164,15 @@ class _Connection:
         self.reader_task = asyncio.create_task(self._read(), name=f"taskraft-client-{address}")
 
     @classmethod
-    async def open(cls, address: str, *, client_name: str | None, timeout: float) -> _Connection:
+    async def open(
+        cls, address: str, *, client_name: str | None, token: str | None, timeout: float
+    ) -> _Connection:
         """Connect and handshake; OSError, TimeoutError or the error the node refused with."""
         host, port = parse_address(address)
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                protocol = ClientConnection(client_name=client_name)
+                protocol = ClientConnection(client_name=client_name, token=token)
                 writer.write(protocol.data_to_send())
                 await writer.drain()
                 while (event := protocol.next_event()) is None:
@@ -239,9 +247,10 @@ class _Connection:
 class AsyncClient:
     """A taskraft client for asyncio code; use `async with AsyncClient(servers=[...])`.
 
-    `servers` are `host:port` client addresses of any of the cluster's nodes. Every method
-    raises the `taskraft.errors` class of the error the cluster answered, and `Unavailable` when
-    no answer could be had within `request_timeout_s`.
+    `servers` are `host:port` client addresses of any of the cluster's nodes; `token` is the
+    bearer token of a cluster that requires one. Every method raises the `taskraft.errors` class
+    of the error the cluster answered, and `Unavailable` when no answer could be had within
+    `request_timeout_s`.
     """
 
     def __init__(
@@ -249,6 +258,7 @@ class AsyncClient:
         servers: Sequence[str],
         *,
         client_name: str | None = "taskraft-python",
+        token: str | None = None,
         request_timeout_s: float = 30.0,
         attempt_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
@@ -264,8 +274,11 @@ class AsyncClient:
             parse_address(server)
         if min(request_timeout_s, attempt_timeout_s, connect_timeout_s) <= 0:
             raise ValueError("timeouts must be positive")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("token must be a non-empty string, or None")
         self._servers = list(servers)
         self._client_name = client_name
+        self._token = token
         self.request_timeout_s = request_timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -609,8 +622,12 @@ class AsyncClient:
                     connection = await _Connection.open(
                         address,
                         client_name=self._client_name,
+                        token=self._token,
                         timeout=min(self.connect_timeout_s, remaining),
                     )
+                except Unauthenticated:
+                    # Every node holds the same tokens: another would answer the same.
+                    raise
                 except (OSError, TimeoutError, TaskraftError, ValueError) as error:
                     failures.append(f"{address}: {error!r}")
                     if address == self._leader_address:

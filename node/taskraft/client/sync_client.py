@@ -34,7 +34,8 @@ _LOOP_MARGIN_S = 10.0
 class Client:
     """A taskraft client for synchronous code: `Client(servers=["127.0.0.1:7100", ...])`.
 
-    Takes the same keyword options as `AsyncClient`; its methods are the same, blocking.
+    Takes the same keyword options as `AsyncClient` (`token=...` for a cluster that requires
+    one); its methods are the same, blocking.
     """
 
     def __init__(self, servers: Sequence[str], **options: Any) -> None:

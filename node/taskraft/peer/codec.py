@@ -17,6 +17,15 @@ the message's tag and whose other items are the message's fields in a fixed orde
 `[8, sender, recipient, term, request_id]` for a ReadIndexRequest. Positional arrays keep a
 heartbeat at about 20 bytes; the version in the handshake is what allows a later layout.
 
+With a cluster secret, three small frames come between the handshake and the first message
+(`taskraft.peer.auth`): the connecting side's challenge `["taskraft-peer-challenge", nonce]`
+right after its handshake, the accepting side's answer `["taskraft-peer-response", nonce,
+proof]` (the only frame that side ever writes), and the connecting side's
+`["taskraft-peer-proof", proof]`; nonces and proofs are binaries of exactly 32 bytes. The
+receiver of a connection that must authenticate (`PeerStreamReceiver(require_proof=True)`)
+returns the challenge and the proof as events and decodes no message until its driver has
+checked the proof and said so (`proof_verified`).
+
 Two layouts are flattened, so that no frame nests arrays more than two deep
 (`WIRE_NESTING_DEPTH_MAX`): an AppendEntries sends its entries as one flat array of
 `term, kind, data` triples, each entry's index following from `previous_log_index` (the core
@@ -36,12 +45,16 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from taskraft.peer.errors import LocalPeerError, RemotePeerError
 from taskraft.peer.limits import (
     ADDRESS_SIZE_MAX_BYTES,
+    AUTH_FRAME_SIZE_MAX_BYTES,
+    AUTH_NONCE_SIZE_BYTES,
+    AUTH_PROOF_SIZE_BYTES,
     BATCH_SIZE_MAX_BYTES,
+    CHALLENGE_MAGIC,
     CLUSTER_ID_SIZE_MAX_BYTES,
     CONFIGURATION_MEMBERS_MAX,
     ENTRIES_PER_MESSAGE_MAX,
@@ -51,6 +64,8 @@ from taskraft.peer.limits import (
     NODE_ID_SIZE_MAX_BYTES,
     PEER_FRAME_SIZE_MAX_BYTES,
     PEER_PROTOCOL_VERSION,
+    PROOF_MAGIC,
+    RESPONSE_MAGIC,
     SNAPSHOT_CHUNK_SIZE_MAX_BYTES,
     SUPPORTED_PEER_PROTOCOL_VERSIONS,
     WIRE_COLLECTION_LENGTH_MAX,
@@ -112,7 +127,29 @@ class PeerHandshake:
     version: int = PEER_PROTOCOL_VERSION
 
 
-PeerEvent = PeerHandshake | Message | EndOfStream
+@dataclass(frozen=True, slots=True)
+class PeerChallenge:
+    """With a cluster secret, the connecting side's second frame: its fresh nonce."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChallengeResponse:
+    """The accepting side's only frame: its own fresh nonce and its proof."""
+
+    nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProof:
+    """The connecting side's proof, its third frame; messages follow it."""
+
+    proof: bytes
+
+
+PeerEvent = PeerHandshake | PeerChallenge | PeerProof | Message | EndOfStream
 
 
 # -- encoding ----------------------------------------------------------------------------------
@@ -130,6 +167,30 @@ def encode_handshake(handshake: PeerHandshake) -> bytes:
         handshake.http_address,
     ]
     return _frame(value, HANDSHAKE_FRAME_SIZE_MAX_BYTES)
+
+
+def encode_challenge(challenge: PeerChallenge) -> bytes:
+    """The challenge frame a node sends after its handshake when the cluster has a secret."""
+    _check_local_binary(challenge.nonce, "challenge.nonce", AUTH_NONCE_SIZE_BYTES)
+    return _frame([CHALLENGE_MAGIC, challenge.nonce], AUTH_FRAME_SIZE_MAX_BYTES)
+
+
+def encode_challenge_response(response: PeerChallengeResponse) -> bytes:
+    """The accepting side's answer to a challenge: its nonce and its proof."""
+    _check_local_binary(response.nonce, "challenge_response.nonce", AUTH_NONCE_SIZE_BYTES)
+    _check_local_binary(response.proof, "challenge_response.proof", AUTH_PROOF_SIZE_BYTES)
+    return _frame([RESPONSE_MAGIC, response.nonce, response.proof], AUTH_FRAME_SIZE_MAX_BYTES)
+
+
+def encode_proof(proof: PeerProof) -> bytes:
+    """The connecting side's proof, sent once it has checked the accepting side's."""
+    _check_local_binary(proof.proof, "proof.proof", AUTH_PROOF_SIZE_BYTES)
+    return _frame([PROOF_MAGIC, proof.proof], AUTH_FRAME_SIZE_MAX_BYTES)
+
+
+def _check_local_binary(value: bytes, path: str, size_bytes: int) -> None:
+    if type(value) is not bytes or len(value) != size_bytes:
+        raise LocalPeerError(f"{path}: must be exactly {size_bytes} bytes")
 
 
 def encode_message(message: Message) -> bytes:
@@ -626,6 +687,49 @@ def decode_handshake(value: object) -> PeerHandshake:
     )
 
 
+def decode_challenge(value: object) -> PeerChallenge:
+    """The challenge a decoded frame carries; RemotePeerError when it is not one."""
+    (nonce,) = _auth_items(value, CHALLENGE_MAGIC, "challenge", ("nonce",))
+    return PeerChallenge(nonce=_exact_binary(nonce, "challenge.nonce", AUTH_NONCE_SIZE_BYTES))
+
+
+def decode_challenge_response(value: object) -> PeerChallengeResponse:
+    """The answer to a challenge a decoded frame carries; RemotePeerError when it is not one."""
+    nonce, proof = _auth_items(value, RESPONSE_MAGIC, "challenge_response", ("nonce", "proof"))
+    return PeerChallengeResponse(
+        nonce=_exact_binary(nonce, "challenge_response.nonce", AUTH_NONCE_SIZE_BYTES),
+        proof=_exact_binary(proof, "challenge_response.proof", AUTH_PROOF_SIZE_BYTES),
+    )
+
+
+def decode_proof(value: object) -> PeerProof:
+    """The proof a decoded frame carries; RemotePeerError when it is not one."""
+    (proof,) = _auth_items(value, PROOF_MAGIC, "proof", ("proof",))
+    return PeerProof(proof=_exact_binary(proof, "proof.proof", AUTH_PROOF_SIZE_BYTES))
+
+
+def _auth_items(value: object, magic: str, name: str, fields: tuple[str, ...]) -> list[object]:
+    if type(value) is not list or not value or value[0] != magic:
+        raise RemotePeerError(
+            name,
+            f"expected the {name} frame of the authentication exchange (does the peer have "
+            f"this cluster's secret?), got {_describe(value)}",
+        )
+    if len(value) != 1 + len(fields):
+        raise RemotePeerError(
+            name, f"expected an array of {1 + len(fields)} items, got {len(value)}"
+        )
+    return value[1:]
+
+
+def _exact_binary(value: object, path: str, size_bytes: int) -> bytes:
+    if type(value) is not bytes:
+        raise _wrong_type(path, "bin", value)
+    if len(value) != size_bytes:
+        raise RemotePeerError(path, f"must be exactly {size_bytes} bytes, got {len(value)}")
+    return value
+
+
 # -- field checks ------------------------------------------------------------------------------
 
 
@@ -751,9 +855,14 @@ class PeerStreamReceiver:
     the connection must close; the events before the fault were returned first. After an error
     the receiver refuses any further use with a `LocalPeerError`.
 
-    Memory: until the handshake is complete the receiver holds what it was fed (drive it one
-    read at a time); after it, the frames not yet taken plus at most one incomplete frame, whose
-    length the frame decoder checks against `frame_size_max_bytes` before keeping its body.
+    With `require_proof` (the cluster has a secret) the handshake is followed by a
+    `PeerChallenge` and a `PeerProof` event, and no message is decoded, whatever bytes follow,
+    until the driver has checked the proof and called `proof_verified`.
+
+    Memory: until the handshake (and the proof) is complete the receiver holds what it was fed
+    (drive it one read at a time); after it, the frames not yet taken plus at most one
+    incomplete frame, whose length the frame decoder checks against `frame_size_max_bytes`
+    before keeping its body.
     """
 
     def __init__(
@@ -762,6 +871,7 @@ class PeerStreamReceiver:
         local_node_id: NodeId,
         cluster_id: str | None = None,
         frame_size_max_bytes: int = PEER_FRAME_SIZE_MAX_BYTES,
+        require_proof: bool = False,
     ) -> None:
         self._local_node_id = local_node_id
         self._cluster_id = cluster_id
@@ -770,15 +880,28 @@ class PeerStreamReceiver:
             collection_length_max=WIRE_COLLECTION_LENGTH_MAX,
             nesting_depth_max=WIRE_NESTING_DEPTH_MAX,
         )
+        # Bytes before the messages: the handshake (and the authentication frames).
         self._early = bytearray()
+        # Whether bytes go to the message decoder: once the handshake is in (and, with
+        # require_proof, once the proof is verified).
+        self._streaming = False
         self._ended = False
+        self._require_proof = require_proof
         self._handshake: PeerHandshake | None = None
+        self._challenge: PeerChallenge | None = None
+        self._proof: PeerProof | None = None
+        self._verified = False
         self._failed: RemotePeerError | None = None
 
     @property
     def handshake(self) -> PeerHandshake | None:
         """The peer's handshake, once `next_event` has returned it."""
         return self._handshake
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether messages may flow: the handshake is in and, if required, the proof checked."""
+        return self._streaming
 
     @property
     def buffered_bytes(self) -> int:
@@ -791,22 +914,42 @@ class PeerStreamReceiver:
             raise LocalPeerError("receive_data called after the end of the stream")
         if not data:
             self._ended = True
-        if self._handshake is None:
+        if not self._streaming:
             self._early += data
             return
         self._messages.receive_data(data)
 
     def next_event(self) -> PeerEvent | None:
-        """The next handshake or message, END_OF_STREAM, or None when more bytes are needed."""
+        """The next handshake or message, END_OF_STREAM, or None when more bytes are needed.
+
+        With `require_proof`, the challenge and the proof come between the handshake and the
+        messages; after the proof, LocalPeerError until `proof_verified` is called.
+        """
         self._refuse_if_failed()
         try:
             if self._handshake is None:
                 return self._next_handshake()
+            if self._require_proof and not self._verified:
+                if self._challenge is None:
+                    self._challenge = self._next_auth_frame("challenge", decode_challenge)
+                    return self._challenge
+                if self._proof is None:
+                    self._proof = self._next_auth_frame("proof", decode_proof)
+                    return self._proof
+                raise LocalPeerError("the peer's proof is not verified yet: call proof_verified")
             return self._next_message(self._handshake)
         except RemotePeerError as error:
             self._failed = error
             self._early = bytearray()
             raise
+
+    def proof_verified(self) -> None:
+        """The driver checked the peer's proof: from now on the bytes are messages."""
+        self._refuse_if_failed()
+        if not self._require_proof or self._proof is None or self._verified:
+            raise LocalPeerError("proof_verified called without a proof waiting to be verified")
+        self._verified = True
+        self._start_streaming()
 
     def _refuse_if_failed(self) -> None:
         if self._failed is not None:
@@ -814,47 +957,49 @@ class PeerStreamReceiver:
                 f"the peer stream already failed ({self._failed}); close the connection"
             ) from self._failed
 
+    def _start_streaming(self) -> None:
+        rest = bytes(self._early)
+        self._early = bytearray()
+        self._streaming = True
+        if rest:
+            self._messages.receive_data(rest)
+        if self._ended:
+            self._messages.receive_data(b"")
+
     def _next_handshake(self) -> PeerHandshake | EndOfStream | None:
-        early = self._early
-        if len(early) >= FRAME_PREFIX_BYTES:
-            (length,) = _PREFIX.unpack_from(early, 0)
-            if not 1 <= length <= HANDSHAKE_FRAME_SIZE_MAX_BYTES:
-                raise RemotePeerError(
-                    "handshake",
-                    f"a first frame of {length} bytes is not a peer handshake (1 to "
-                    f"{HANDSHAKE_FRAME_SIZE_MAX_BYTES} bytes)",
-                )
-            end = FRAME_PREFIX_BYTES + length
-            if len(early) >= end:
-                handshake = self._accept_handshake(bytes(early[:end]))
-                rest = bytes(early[end:])
-                self._early = bytearray()
-                self._handshake = handshake
-                if rest:
-                    self._messages.receive_data(rest)
-                if self._ended:
-                    self._messages.receive_data(b"")
-                return handshake
+        value = _take_small_frame(
+            self._early, "handshake", "a peer handshake", HANDSHAKE_FRAME_SIZE_MAX_BYTES
+        )
+        if value is not None:
+            handshake = self._accept_handshake(value[0])
+            self._handshake = handshake
+            if not self._require_proof:
+                self._start_streaming()
+            return handshake
         if not self._ended:
             return None
-        if early:
+        if self._early:
             raise RemotePeerError("handshake", "the connection ended inside the handshake")
         # A connection closed before saying anything, as a TCP health probe does.
         return END_OF_STREAM
 
-    def _accept_handshake(self, frame_bytes: bytes) -> PeerHandshake:
-        decoder = FrameDecoder(
-            frame_size_max_bytes=HANDSHAKE_FRAME_SIZE_MAX_BYTES,
-            collection_length_max=8,
-            nesting_depth_max=1,
+    def _next_auth_frame(
+        self, name: str, decode: Callable[[object], _AuthFrame]
+    ) -> _AuthFrame | None:
+        value = _take_small_frame(
+            self._early,
+            name,
+            f"a {name} of the authentication exchange",
+            AUTH_FRAME_SIZE_MAX_BYTES,
         )
-        decoder.receive_data(frame_bytes)
-        try:
-            frame = decoder.next_frame()
-        except RemoteProtocolError as error:
-            raise RemotePeerError("handshake", str(error)) from None
-        assert isinstance(frame, Frame), "a whole frame was fed to the decoder"
-        handshake = decode_handshake(frame.value)
+        if value is not None:
+            return decode(value[0])
+        if self._ended:
+            raise RemotePeerError(name, f"the connection ended before the {name}")
+        return None
+
+    def _accept_handshake(self, value: object) -> PeerHandshake:
+        handshake = decode_handshake(value)
         if handshake.cluster_id != self._cluster_id:
             raise RemotePeerError(
                 "handshake.cluster_id",
@@ -886,21 +1031,103 @@ class PeerStreamReceiver:
         return message
 
 
+class ChallengeResponseReceiver:
+    """The connecting side's reader of the accepting side's answer to its challenge.
+
+    Feed bytes with `receive_data` (b"" at the end of the stream); `next_event` returns the
+    answer once it is complete. The accepting side writes nothing else on the connection, so
+    bytes after the answer raise `RemotePeerError`, like an answer that is not one. Holds at
+    most what it was fed (drive it one read at a time).
+    """
+
+    def __init__(self) -> None:
+        self._early = bytearray()
+        self._ended = False
+
+    def receive_data(self, data: bytes) -> None:
+        if self._ended:
+            raise LocalPeerError("receive_data called after the end of the stream")
+        if not data:
+            self._ended = True
+        self._early += data
+
+    def next_event(self) -> PeerChallengeResponse | EndOfStream | None:
+        """The answer; END_OF_STREAM when the stream ended without one (the peer refused this
+        node), None while more bytes are needed."""
+        value = _take_small_frame(
+            self._early,
+            "challenge_response",
+            "an answer to the challenge",
+            AUTH_FRAME_SIZE_MAX_BYTES,
+        )
+        if value is None:
+            return END_OF_STREAM if self._ended else None
+        response = decode_challenge_response(value[0])
+        if self._early:
+            raise RemotePeerError(
+                "challenge_response", "the peer sent bytes after its answer to the challenge"
+            )
+        return response
+
+
+_AuthFrame = TypeVar("_AuthFrame", PeerChallenge, PeerProof)
+
+
+def _take_small_frame(
+    buffer: bytearray, name: str, what: str, size_max_bytes: int
+) -> tuple[object] | None:
+    """The value of the whole frame at the start of `buffer`, removed from it; None while the
+    frame is incomplete. The frame's length is checked before its body is awaited, so that a
+    stranger cannot make this node buffer more than `size_max_bytes`."""
+    if len(buffer) < FRAME_PREFIX_BYTES:
+        return None
+    (length,) = _PREFIX.unpack_from(buffer, 0)
+    if not 1 <= length <= size_max_bytes:
+        first = "first " if name == "handshake" else ""
+        raise RemotePeerError(
+            name, f"a {first}frame of {length} bytes is not {what} (1 to {size_max_bytes} bytes)"
+        )
+    end = FRAME_PREFIX_BYTES + length
+    if len(buffer) < end:
+        return None
+    decoder = FrameDecoder(
+        frame_size_max_bytes=size_max_bytes, collection_length_max=8, nesting_depth_max=1
+    )
+    decoder.receive_data(bytes(buffer[:end]))
+    del buffer[:end]
+    try:
+        frame = decoder.next_frame()
+    except RemoteProtocolError as error:
+        raise RemotePeerError(name, str(error)) from None
+    assert isinstance(frame, Frame), "a whole frame was fed to the decoder"
+    return (frame.value,)
+
+
 def _cluster_name(cluster_id: str | None) -> str:
     return "(none)" if cluster_id is None else shorten(cluster_id)
 
 
 __all__ = [
     "END_OF_STREAM",
+    "ChallengeResponseReceiver",
     "EndOfStream",
+    "PeerChallenge",
+    "PeerChallengeResponse",
     "PeerEvent",
     "PeerHandshake",
+    "PeerProof",
     "PeerStreamReceiver",
     "check_local_identity",
     "check_raft_options",
+    "decode_challenge",
+    "decode_challenge_response",
     "decode_handshake",
     "decode_message",
+    "decode_proof",
+    "encode_challenge",
+    "encode_challenge_response",
     "encode_handshake",
     "encode_message",
+    "encode_proof",
     "message_to_wire",
 ]

@@ -21,6 +21,13 @@ HANDSHAKE_MAGIC: Final = "taskraft-peer"
 """The first item of every handshake. A client of the client protocol, an HTTP probe or any
 other stranger that reaches the peer port fails on it at once, with a clear error."""
 
+CHALLENGE_MAGIC: Final = "taskraft-peer-challenge"
+RESPONSE_MAGIC: Final = "taskraft-peer-response"
+PROOF_MAGIC: Final = "taskraft-peer-proof"
+"""The first items of the three frames of the authentication exchange that follows the
+handshake when the cluster has a secret (see `taskraft.peer.auth`). Named frames, rather than
+tags, so that a node without the secret fails on them with an error that says what they are."""
+
 WIRE_INTEGER_MAX: Final = 2**63 - 1
 """Terms, indexes, offsets and counters are non-negative and below 2**63 on the wire.
 
@@ -88,6 +95,23 @@ HANDSHAKE_FRAME_SIZE_MAX_BYTES: Final = 2048
 id and three addresses (about 1,450 bytes at most), so a stranger cannot make this node buffer a
 large frame before it has proven that it speaks the peer protocol."""
 
+CLUSTER_SECRET_SIZE_MIN_BYTES: Final = 32
+"""The shortest cluster secret a node accepts (32 bytes, the size of an HMAC-SHA256 key that
+adds no weakness of its own): a shorter one is a password that could be guessed offline from
+one recorded authentication exchange."""
+
+AUTH_NONCE_SIZE_BYTES: Final = 32
+"""The random nonce each side of a connection contributes to the authentication exchange.
+32 bytes from the system's random source never repeat, so no recorded proof fits a later
+connection."""
+
+AUTH_PROOF_SIZE_BYTES: Final = 32
+"""An authentication proof is one HMAC-SHA256 value."""
+
+AUTH_FRAME_SIZE_MAX_BYTES: Final = 128
+"""The largest challenge, response or proof frame: a tag, at most two binaries of 32 bytes and
+their headers take under 100 bytes."""
+
 WIRE_COLLECTION_LENGTH_MAX: Final = 3 * ENTRIES_PER_MESSAGE_MAX
 """The longest array a peer frame may contain: a full AppendEntries sends its entries as one
 flat array of (term, kind, data) triples."""
@@ -137,8 +161,15 @@ while a flood of connections cannot exhaust file descriptors or memory.
 """
 
 HANDSHAKE_TIMEOUT_MS: Final = 5_000
-"""How long an incoming connection may take to send its handshake before it is closed, so that
-idle strangers do not hold one of the INCOMING_CONNECTIONS_MAX slots."""
+"""How long an incoming connection may take to send its handshake (and, with a cluster secret,
+to complete the authentication exchange) before it is closed, so that idle strangers do not hold
+one of the INCOMING_CONNECTIONS_MAX slots; with a secret, also how long the connecting side
+waits for the other's answer to its challenge."""
+
+REFUSAL_LOG_INTERVAL_MS: Final = 10_000
+"""At most one log line per interval about refused peer connections (strangers, nodes without
+the cluster secret, removed members); the next line says how many were left out. A process
+that connects in a loop must not fill the disk with logs; the metrics count every refusal."""
 
 CONNECT_TIMEOUT_MS: Final = 2_000
 """How long one outgoing connection attempt may take. A peer that does not answer a SYN within

@@ -2,9 +2,10 @@
 
 Each node opens one connection to each peer it sends to and accepts one from each peer that
 sends to it; a connection carries messages one way, so neither side ever waits for the other to
-answer on it. Sending never waits for the network: `send` encodes the message and puts the frame
-on the peer's bounded queue, and one writer task per peer connects, writes the handshake and
-then drains the queue in batches. Raft tolerates lost messages and resends what still matters,
+answer on it (but for the one answer of the authentication exchange, with a secret). Sending
+never waits for the network: `send` encodes the message and puts the frame on the peer's
+bounded queue, and one writer task per peer connects, writes the handshake and then drains the
+queue in batches. Raft tolerates lost messages and resends what still matters,
 so every bound here drops rather than waits or grows: a full queue drops the new message, a
 failed connection attempt drops what was queued, and each drop is counted for metrics.
 
@@ -12,6 +13,13 @@ A peer that is down is retried with exponential backoff and full jitter (`Reconn
 Incoming connections are bounded in number, must present a valid handshake within a timeout,
 and are closed with a logged error at the first byte that breaks the peer protocol; every other
 connection keeps being served.
+
+With a cluster secret, every connection runs the authentication exchange of `taskraft.peer.auth`
+after its handshake, within the handshake timeout: the connecting side sends a challenge, waits
+for the accepting side's nonce and proof, checks it and sends its own proof; the accepting side
+reads no message before it has checked that proof and, when `admit_sender` is given, that the
+sender may connect (a member of its configuration). A connection that fails is closed and
+counted by reason (`refusals`), and logged at most once per REFUSAL_LOG_INTERVAL_MS.
 
 Every task this transport starts is tracked and cancelled by `close()`, which returns once they
 have all finished.
@@ -25,22 +33,39 @@ import contextlib
 import dataclasses
 import logging
 import random
+import secrets
 import socket
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 
 from taskraft.addresses import parse_address
+from taskraft.peer.auth import (
+    ProofDirection,
+    check_cluster_secret,
+    handshake_proof,
+    proof_is_valid,
+)
 from taskraft.peer.backoff import ReconnectBackoff
 from taskraft.peer.codec import (
+    ChallengeResponseReceiver,
     EndOfStream,
+    PeerChallenge,
+    PeerChallengeResponse,
     PeerHandshake,
+    PeerProof,
     PeerStreamReceiver,
     check_local_identity,
+    encode_challenge,
+    encode_challenge_response,
     encode_handshake,
     encode_message,
+    encode_proof,
 )
 from taskraft.peer.errors import LocalPeerError, RemotePeerError
 from taskraft.peer.limits import (
+    AUTH_FRAME_SIZE_MAX_BYTES,
+    AUTH_NONCE_SIZE_BYTES,
     CLOSE_TIMEOUT_MS,
     CONFIGURATION_MEMBERS_MAX,
     CONNECT_TIMEOUT_MS,
@@ -49,6 +74,7 @@ from taskraft.peer.limits import (
     READ_CHUNK_SIZE_BYTES,
     RECONNECT_DELAY_MAX_MS,
     RECONNECT_DELAY_MIN_MS,
+    REFUSAL_LOG_INTERVAL_MS,
     SEND_QUEUE_FRAMES_MAX,
     SEND_QUEUE_SIZE_MAX_BYTES,
     WRITE_BATCH_SIZE_MAX_BYTES,
@@ -65,6 +91,29 @@ HANDSHAKES_REMEMBERED_MAX = 4 * CONFIGURATION_MEMBERS_MAX
 
 PeerAddress = tuple[str, int]
 """Where a peer listens: (host, port)."""
+
+REFUSAL_REASONS: dict[str, tuple[str, ...]] = {
+    # Connections from others, refused before their first message was read:
+    # malformed: not a peer handshake (random bytes, another protocol, another version);
+    # cluster_id: a node of another cluster id; unauthenticated: no valid challenge and proof
+    # after the handshake (a node without the cluster secret); bad_proof: a proof made with
+    # another secret; unknown_sender: authenticated, but refused by admit_sender (not in this
+    # node's configuration); timeout: no handshake (and proof) within the handshake timeout.
+    "incoming": (
+        "malformed",
+        "cluster_id",
+        "unauthenticated",
+        "bad_proof",
+        "unknown_sender",
+        "timeout",
+    ),
+    # Connections this node made whose authentication failed: closed: the peer closed the
+    # connection instead of answering (it refused this node); malformed: the answer was not
+    # one; bad_proof: the peer's proof is wrong (another secret, or another node at the
+    # address); timeout: no answer within the handshake timeout.
+    "outgoing": ("closed", "malformed", "bad_proof", "timeout"),
+}
+"""Why peer connections are refused, by side: the labels of the refusal counters."""
 
 
 @dataclass(slots=True)
@@ -92,6 +141,9 @@ class TransportCounters:
     incoming_refused: int = 0
     # Incoming connections closed because the peer broke the protocol or sent no handshake.
     incoming_errors: int = 0
+    # With a cluster secret: connections whose peer proved the secret, by side.
+    authenticated_incoming: int = 0
+    authenticated_outgoing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +189,11 @@ class PeerTransport:
     `on_message` is called on the event loop, once per message whose recipient is this node, in
     the order each peer sent them; it must not block. Exceptions it raises are logged and the
     message counted as received.
+
+    `cluster_secret` (at least CLUSTER_SECRET_SIZE_MIN_BYTES) makes every connection, both
+    ways, prove the secret before any message; `admit_sender`, called with the node id of each
+    peer that proved it, refuses the connection when it returns False. Without a secret a
+    connection is served once its handshake is in, as before.
     """
 
     def __init__(
@@ -153,7 +210,11 @@ class PeerTransport:
         http_address: str | None = None,
         limits: TransportLimits | None = None,
         random_source: random.Random | None = None,
+        cluster_secret: bytes | None = None,
+        admit_sender: Callable[[NodeId], bool] | None = None,
     ) -> None:
+        if cluster_secret is not None:
+            check_cluster_secret(cluster_secret)
         check_local_identity(
             node_id,
             cluster_id,
@@ -163,6 +224,8 @@ class PeerTransport:
         )
         self._node_id = node_id
         self._cluster_id = cluster_id
+        self._secret = cluster_secret
+        self._admit_sender = admit_sender
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._on_message = on_message
@@ -180,6 +243,12 @@ class PeerTransport:
         # The latest handshake each peer sent: where it serves clients and HTTP.
         self._handshakes: dict[NodeId, PeerHandshake] = {}
         self._counters = TransportCounters()
+        self._refusals = {
+            (side, reason): 0 for side, reasons in REFUSAL_REASONS.items() for reason in reasons
+        }
+        self._incoming_refusal_log = _LogThrottle(REFUSAL_LOG_INTERVAL_MS)
+        self._outgoing_refusal_log = _LogThrottle(REFUSAL_LOG_INTERVAL_MS)
+        self._protocol_error_log = _LogThrottle(REFUSAL_LOG_INTERVAL_MS)
         self._addresses: dict[NodeId, PeerAddress] = {}
         self._links: dict[NodeId, _PeerLink] = {}
         # Peers this node has been connected to, so a later connection counts as a reconnect
@@ -383,7 +452,11 @@ class PeerTransport:
             )
             return None
         _set_no_delay(writer)
-        writer.write(self._handshake_frame)
+        if self._secret is None:
+            writer.write(self._handshake_frame)
+        elif not await self._authenticate(link, reader, writer, self._secret):
+            await _close_writer(writer, self._limits.close_timeout_ms)
+            return None
         link.connected = True
         link.connections += 1
         self._counters.connections += 1
@@ -392,6 +465,99 @@ class PeerTransport:
         self._connected_before.add(link.peer_id)
         logger.info("connected to peer %s at %s:%s", link.peer_id, host, port)
         return reader, writer
+
+    async def _authenticate(
+        self,
+        link: _PeerLink,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        secret: bytes,
+    ) -> bool:
+        """Run the connecting side of the authentication exchange; whether it succeeded.
+
+        Handshake and challenge, then the peer's nonce and proof (checked against the node this
+        link means to reach), then this node's proof. Every step is bounded by the handshake
+        timeout; any failure is counted and logged (throttled) here.
+        """
+        nonce = secrets.token_bytes(AUTH_NONCE_SIZE_BYTES)
+        writer.write(self._handshake_frame + encode_challenge(PeerChallenge(nonce)))
+        answers = ChallengeResponseReceiver()
+        host, port = link.address
+        try:
+            async with asyncio.timeout(self._limits.handshake_timeout_ms / 1000):
+                await writer.drain()
+                response = answers.next_event()
+                while response is None:
+                    answers.receive_data(await reader.read(AUTH_FRAME_SIZE_MAX_BYTES))
+                    response = answers.next_event()
+        except RemotePeerError as error:
+            self._refuse_outgoing(link, "malformed", f"its answer to the challenge: {error}")
+            return False
+        except TimeoutError:
+            self._refuse_outgoing(
+                link,
+                "timeout",
+                f"no answer to the challenge within {self._limits.handshake_timeout_ms} ms",
+            )
+            return False
+        except OSError as error:
+            logger.warning(
+                "connection to peer %s at %s:%s failed during authentication: %r",
+                link.peer_id,
+                host,
+                port,
+                error,
+            )
+            return False
+        if isinstance(response, EndOfStream):
+            self._refuse_outgoing(
+                link,
+                "closed",
+                "it closed the connection instead of answering the challenge (another cluster "
+                "secret or cluster id, or this node is not in its configuration)",
+            )
+            return False
+        if not proof_is_valid(
+            secret,
+            response.proof,
+            direction=ProofDirection.ACCEPTOR,
+            cluster_id=self._cluster_id,
+            initiator=self._node_id,
+            acceptor=link.peer_id,
+            initiator_nonce=nonce,
+            acceptor_nonce=response.nonce,
+        ):
+            self._refuse_outgoing(
+                link,
+                "bad_proof",
+                f"it did not prove that it is node {link.peer_id} of this cluster (another "
+                "cluster secret, or another node at that address)",
+            )
+            return False
+        proof = handshake_proof(
+            secret,
+            direction=ProofDirection.INITIATOR,
+            cluster_id=self._cluster_id,
+            initiator=self._node_id,
+            acceptor=link.peer_id,
+            initiator_nonce=nonce,
+            acceptor_nonce=response.nonce,
+        )
+        writer.write(encode_proof(PeerProof(proof)))
+        self._counters.authenticated_outgoing += 1
+        return True
+
+    def _refuse_outgoing(self, link: _PeerLink, reason: str, detail: str) -> None:
+        self._refusals["outgoing", reason] += 1
+        host, port = link.address
+        self._outgoing_refusal_log.log(
+            logging.ERROR,
+            "peer %s at %s:%s failed authentication: %s",
+            link.peer_id,
+            host,
+            port,
+            detail,
+        )
 
     async def _pump(
         self, link: _PeerLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -460,23 +626,51 @@ class PeerTransport:
     async def _serve_incoming(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_address: object
     ) -> None:
-        receiver = PeerStreamReceiver(local_node_id=self._node_id, cluster_id=self._cluster_id)
+        receiver = PeerStreamReceiver(
+            local_node_id=self._node_id,
+            cluster_id=self._cluster_id,
+            require_proof=self._secret is not None,
+        )
         try:
             async with asyncio.timeout(self._limits.handshake_timeout_ms / 1000) as deadline:
-                await self._receive(reader, receiver, deadline)
-        except RemotePeerError as error:
+                await self._receive(reader, writer, receiver, deadline)
+        except _Refused as refusal:
             self._counters.incoming_errors += 1
-            logger.error(
-                "closing the peer connection from %s (%s): it broke the peer protocol: %s",
+            self._refuse_incoming(
+                refusal.reason,
+                refusal.level,
+                "refusing the peer connection from %s (%s): %s",
                 peer_address,
                 _sender_name(receiver),
-                error,
+                refusal.detail,
             )
+        except RemotePeerError as error:
+            self._counters.incoming_errors += 1
+            message = "closing the peer connection from %s (%s): it broke the peer protocol: %s"
+            arguments = (peer_address, _sender_name(receiver), error)
+            if receiver.authenticated:
+                # A peer that was admitted: a bug or a version skew, not a refusal.
+                self._protocol_error_log.log(logging.ERROR, message, *arguments)
+            elif receiver.handshake is not None:
+                self._refuse_incoming(
+                    _refusal_reason(receiver, error),
+                    logging.ERROR,
+                    "refusing the peer connection from %s (%s): it did not prove the cluster "
+                    "secret: %s",
+                    *arguments,
+                )
+            else:
+                self._refuse_incoming(
+                    _refusal_reason(receiver, error), logging.ERROR, message, *arguments
+                )
         except TimeoutError:
             self._counters.incoming_errors += 1
-            logger.error(
-                "closing the peer connection from %s: no handshake within %d ms",
+            self._refuse_incoming(
+                "timeout",
+                logging.ERROR,
+                "closing the peer connection from %s: no %s within %d ms",
                 peer_address,
+                "handshake" if receiver.handshake is None else "proof of the cluster secret",
                 self._limits.handshake_timeout_ms,
             )
         except OSError as error:
@@ -493,11 +687,24 @@ class PeerTransport:
                 del self._incoming_by_sender[handshake.sender]
             writer.transport.abort()
 
+    def _refuse_incoming(self, reason: str, level: int, message: str, *arguments: object) -> None:
+        self._refusals["incoming", reason] += 1
+        self._incoming_refusal_log.log(level, message, *arguments)
+
     async def _receive(
-        self, reader: asyncio.StreamReader, receiver: PeerStreamReceiver, deadline: asyncio.Timeout
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        receiver: PeerStreamReceiver,
+        deadline: asyncio.Timeout,
     ) -> None:
-        """Feed the receiver until the stream ends; raises RemotePeerError at the first fault."""
+        """Feed the receiver until the stream ends; raises RemotePeerError at the first fault.
+
+        With a cluster secret: answers the challenge, then checks the proof and admits the
+        sender before the receiver may decode a message (`_Refused` when it must not).
+        """
         misdirected_logged = False
+        exchange: tuple[bytes, bytes] | None = None
         while True:
             event = receiver.next_event()
             if event is None:
@@ -505,9 +712,16 @@ class PeerTransport:
             elif isinstance(event, EndOfStream):
                 return
             elif isinstance(event, PeerHandshake):
-                deadline.reschedule(None)
-                self._register_sender(event.sender)
-                self._remember_handshake(event)
+                if self._secret is None:
+                    self._admit(event, deadline)
+            elif isinstance(event, PeerChallenge):
+                exchange = await self._answer_challenge(writer, receiver, event)
+            elif isinstance(event, PeerProof):
+                assert exchange is not None, "the receiver returns the challenge first"
+                self._check_proof(receiver, event, *exchange)
+                self._counters.authenticated_incoming += 1
+                assert receiver.handshake is not None
+                self._admit(receiver.handshake, deadline)
             elif event.recipient != self._node_id:
                 self._counters.misdirected += 1
                 if not misdirected_logged:
@@ -520,6 +734,67 @@ class PeerTransport:
                     )
             else:
                 self._deliver(event)
+
+    async def _answer_challenge(
+        self,
+        writer: asyncio.StreamWriter,
+        receiver: PeerStreamReceiver,
+        challenge: PeerChallenge,
+    ) -> tuple[bytes, bytes]:
+        """Send this node's nonce and proof; the two nonces (initiator's, acceptor's)."""
+        handshake = receiver.handshake
+        assert handshake is not None and self._secret is not None
+        nonce = secrets.token_bytes(AUTH_NONCE_SIZE_BYTES)
+        proof = handshake_proof(
+            self._secret,
+            direction=ProofDirection.ACCEPTOR,
+            cluster_id=self._cluster_id,
+            initiator=handshake.sender,
+            acceptor=self._node_id,
+            initiator_nonce=challenge.nonce,
+            acceptor_nonce=nonce,
+        )
+        writer.write(encode_challenge_response(PeerChallengeResponse(nonce=nonce, proof=proof)))
+        await writer.drain()
+        return challenge.nonce, nonce
+
+    def _check_proof(
+        self,
+        receiver: PeerStreamReceiver,
+        proof: PeerProof,
+        initiator_nonce: bytes,
+        acceptor_nonce: bytes,
+    ) -> None:
+        """Refuse (`_Refused`) a wrong proof, then a sender `admit_sender` does not admit."""
+        handshake = receiver.handshake
+        assert handshake is not None and self._secret is not None
+        valid = proof_is_valid(
+            self._secret,
+            proof.proof,
+            direction=ProofDirection.INITIATOR,
+            cluster_id=self._cluster_id,
+            initiator=handshake.sender,
+            acceptor=self._node_id,
+            initiator_nonce=initiator_nonce,
+            acceptor_nonce=acceptor_nonce,
+        )
+        if not valid:
+            raise _Refused(
+                "bad_proof", logging.ERROR, "its proof is wrong: it does not know the secret"
+            )
+        if self._admit_sender is not None and not self._admit_sender(handshake.sender):
+            raise _Refused(
+                "unknown_sender",
+                logging.WARNING,
+                f"node {handshake.sender} is not a member of this node's configuration",
+            )
+        receiver.proof_verified()
+
+    def _admit(self, handshake: PeerHandshake, deadline: asyncio.Timeout) -> None:
+        """The peer may send messages now: no more deadline, and it is known by its handshake."""
+        deadline.reschedule(None)
+        self._register_sender(handshake.sender)
+        self._remember_handshake(handshake)
 
     def _register_sender(self, sender: NodeId) -> None:
         """Keep one connection per sender: a newer one means the older is dead or dying."""
@@ -565,6 +840,16 @@ class PeerTransport:
     def counters(self) -> TransportCounters:
         """A copy of the totals since the transport started."""
         return dataclasses.replace(self._counters)
+
+    def refusals(self) -> dict[tuple[str, str], int]:
+        """Connections refused since the transport started, by (side, reason): see
+        REFUSAL_REASONS. Every pair is present, at zero when nothing was refused for it."""
+        return dict(self._refusals)
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether peers must prove the cluster secret."""
+        return self._secret is not None
 
     @property
     def open_incoming_connections(self) -> int:
@@ -695,12 +980,53 @@ async def _close_writer(writer: asyncio.StreamWriter, close_timeout_ms: int) -> 
         writer.transport.abort()
 
 
+class _Refused(Exception):
+    """An incoming connection must close before any message is read: why, for metrics and logs."""
+
+    def __init__(self, reason: str, level: int, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.level = level
+        self.detail = detail
+
+
+def _refusal_reason(receiver: PeerStreamReceiver, error: RemotePeerError) -> str:
+    """The refusal reason of a protocol error before the peer was admitted."""
+    if receiver.handshake is None:
+        return "cluster_id" if error.field == "handshake.cluster_id" else "malformed"
+    return "unauthenticated"
+
+
+class _LogThrottle:
+    """Logs at most one line per interval; the next line says how many were left out."""
+
+    __slots__ = ("_interval_s", "_next_at", "_suppressed")
+
+    def __init__(self, interval_ms: int) -> None:
+        self._interval_s = interval_ms / 1000
+        self._next_at = float("-inf")
+        self._suppressed = 0
+
+    def log(self, level: int, message: str, *arguments: object) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return
+        self._next_at = now + self._interval_s
+        if self._suppressed:
+            message += " (and %d more like it in the last %g s, not logged)"
+            arguments = (*arguments, self._suppressed, self._interval_s)
+            self._suppressed = 0
+        logger.log(level, message, *arguments)
+
+
 def _sender_name(receiver: PeerStreamReceiver) -> str:
     handshake = receiver.handshake
     return "before its handshake" if handshake is None else f"node {handshake.sender}"
 
 
 __all__ = [
+    "REFUSAL_REASONS",
     "PeerAddress",
     "PeerStatus",
     "PeerTransport",

@@ -16,6 +16,7 @@ from taskraft.protocol.connection import (
     ClientEvent,
     ConnectionClosed,
     ConnectionState,
+    HandshakeCheck,
     ProtocolFailure,
     RequestRejected,
     ServerConnection,
@@ -31,6 +32,7 @@ from taskraft.protocol.limits import (
     PROTOCOL_VERSION,
     REQUESTS_IN_FLIGHT_MAX,
     SUPPORTED_PROTOCOL_VERSIONS,
+    TOKEN_MAX_BYTES,
     WAIT_MS_MAX,
 )
 from taskraft.protocol.schema import (
@@ -81,6 +83,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REQUESTS_IN_FLIGHT_MAX",
     "SUPPORTED_PROTOCOL_VERSIONS",
+    "TOKEN_MAX_BYTES",
     "WAIT_MS_MAX",
     "Ack",
     "AckMany",
@@ -108,6 +111,7 @@ __all__ = [
     "FrameDecoder",
     "Handshake",
     "HandshakeAccepted",
+    "HandshakeCheck",
     "ListQueues",
     "LocalProtocolError",
     "Nack",

@@ -15,6 +15,7 @@ closes the connection. Misuse by the shell raises `LocalProtocolError`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from taskraft.errors import BadRequest, Overloaded, TaskraftError
@@ -28,6 +29,7 @@ from taskraft.protocol.limits import (
     REQUEST_COLLECTION_LENGTH_MAX,
     REQUESTS_IN_FLIGHT_MAX,
     RESPONSE_COLLECTION_LENGTH_MAX,
+    TOKEN_MAX_BYTES,
     UINT64_MAX,
 )
 from taskraft.protocol.schema import (
@@ -80,6 +82,10 @@ class ConnectionClosed:
 
 ServerEvent = Handshake | Request | RequestRejected | ProtocolFailure | ConnectionClosed
 ClientEvent = HandshakeAccepted | Response | ProtocolFailure | ConnectionClosed
+
+HandshakeCheck = Callable[[Handshake], TaskraftError | None]
+"""Decides on a well-formed handshake before it is answered: None accepts it; an error refuses
+it (the client gets that error in an error frame, and the connection fails)."""
 
 
 class _Connection:
@@ -148,6 +154,10 @@ class ServerConnection(_Connection):
     Answers the handshake by itself, hands requests over as `Request` events, and sends the
     shell's answers with `send_response`. A request arriving while `requests_in_flight_max`
     others await their answers is answered `overloaded` at once.
+
+    `check_handshake`, when given, is called with each well-formed handshake before it is
+    answered (to check its token, say): an error it returns refuses the handshake, and no
+    request of the connection is ever read.
     """
 
     def __init__(
@@ -156,6 +166,7 @@ class ServerConnection(_Connection):
         node_id: str,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
         frame_size_max_bytes: int = FRAME_SIZE_MAX_BYTES,
+        check_handshake: HandshakeCheck | None = None,
     ) -> None:
         super().__init__(
             frame_size_max_bytes=frame_size_max_bytes,
@@ -163,6 +174,7 @@ class ServerConnection(_Connection):
             requests_in_flight_max=requests_in_flight_max,
         )
         self._node_id = node_id
+        self._check_handshake = check_handshake
 
     def next_event(self) -> ServerEvent | None:
         """The next event, or None when more bytes are needed."""
@@ -218,6 +230,10 @@ class ServerConnection(_Connection):
             handshake = Handshake.from_wire(value)
         except TaskraftError as error:
             return self._reject_connection(error)
+        if self._check_handshake is not None:
+            refusal = self._check_handshake(handshake)
+            if refusal is not None:
+                return self._reject_connection(refusal)
         self._send_frame(HandshakeAccepted(version=handshake.version, node=self._node_id).to_wire())
         self._state = ConnectionState.OPEN
         return handshake
@@ -259,8 +275,9 @@ class ServerConnection(_Connection):
 class ClientConnection(_Connection):
     """A client's end of a connection to a node.
 
-    The handshake is queued at construction (BadRequest for a client name over 128 bytes);
-    requests may be sent at once, before its answer: they are pipelined behind it.
+    The handshake is queued at construction (BadRequest for a client name over 128 bytes or a
+    token that is empty or over 1024 bytes), with `token` when the node requires one; requests
+    may be sent at once, before its answer: they are pipelined behind it.
     `send_request` chooses each request's id and returns it; the `Response` event carrying the
     same id answers it, in any order.
     """
@@ -272,6 +289,7 @@ class ClientConnection(_Connection):
         version: int = PROTOCOL_VERSION,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
         frame_size_max_bytes: int = FRAME_SIZE_MAX_BYTES,
+        token: str | None = None,
     ) -> None:
         super().__init__(
             frame_size_max_bytes=frame_size_max_bytes,
@@ -280,9 +298,11 @@ class ClientConnection(_Connection):
         )
         if client_name is not None:
             check_text(client_name, "client", max_bytes=CLIENT_NAME_MAX_BYTES)
+        if token is not None:
+            check_text(token, "token", max_bytes=TOKEN_MAX_BYTES, min_chars=1)
         self._version = version
         self._next_request_id = 1
-        self._send_frame(Handshake(version=version, client=client_name).to_wire())
+        self._send_frame(Handshake(version=version, client=client_name, token=token).to_wire())
 
     def send_request(self, operation: Operation) -> int:
         """Queue a request and return its id.
@@ -360,6 +380,7 @@ __all__ = [
     "ClientEvent",
     "ConnectionClosed",
     "ConnectionState",
+    "HandshakeCheck",
     "ProtocolFailure",
     "RequestRejected",
     "ServerConnection",

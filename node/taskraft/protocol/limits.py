@@ -111,6 +111,13 @@ prefix, small enough that the queue can remember many of them."""
 CLIENT_NAME_MAX_BYTES: Final = 128
 """The client's self-description in the handshake, kept for logs; 128 bytes of UTF-8."""
 
+TOKEN_MAX_BYTES: Final = 1024
+"""A bearer token in the handshake: 1 to 1024 bytes of UTF-8.
+
+Tokens are random strings chosen by the operator (32 random bytes in base64 take 44); 1 KiB
+leaves room for longer ones, such as signed tokens, while the handshake stays small.
+"""
+
 NODE_ID_MAX_BYTES: Final = 128
 """A node id in an answer is at most 128 bytes of UTF-8."""
 

@@ -16,7 +16,7 @@ says when it applies the command.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, Self
 
 from taskraft.errors import (
@@ -62,6 +62,7 @@ from taskraft.protocol.limits import (
     QUEUE_KIND_MAX_BYTES,
     QUEUE_NAME_MAX_BYTES,
     SUPPORTED_PROTOCOL_VERSIONS,
+    TOKEN_MAX_BYTES,
     UINT64_MAX,
     WAIT_MS_MAX,
 )
@@ -1044,13 +1045,20 @@ def error_from_wire(value: object, path: str = "error") -> TaskraftError:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Handshake:
-    """The client's first frame: the protocol version it speaks and, for logs, who it is."""
+    """The client's first frame: the protocol version it speaks, for logs who it is, and the
+    bearer token of a node that requires one.
+
+    The token is optional on the wire: a node without authentication accepts a handshake
+    without it, so clients older than the field keep working there. It never shows in `repr`,
+    so that logging a handshake cannot leak it.
+    """
 
     version: int = PROTOCOL_VERSION
     client: str | None = None
+    token: str | None = field(default=None, repr=False)
 
     def to_wire(self) -> dict[str, object]:
-        return _drop_none({"taskraft": self.version, "client": self.client})
+        return _drop_none({"taskraft": self.version, "client": self.client, "token": self.token})
 
     @classmethod
     def from_wire(cls, value: object) -> Handshake:
@@ -1065,8 +1073,9 @@ class Handshake:
                 f"protocol version {version} is not supported; this server speaks {spoken}"
             )
         client = reader.optional_text("client", max_bytes=CLIENT_NAME_MAX_BYTES)
+        token = reader.optional_text("token", max_bytes=TOKEN_MAX_BYTES, min_chars=1)
         reader.finish()
-        return cls(version=version, client=client)
+        return cls(version=version, client=client, token=token)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,8 @@
 Each connection is an asyncio protocol that feeds what it reads to a `ServerConnection` and acts
 on the events that come out, as h11 intends:
 
-- `Handshake`: the connection answered it by itself; the handshake deadline is disarmed.
+- `Handshake`: the connection answered it by itself (after the token check, when the node
+  requires tokens); the handshake deadline is disarmed.
 - `Request`: one handler task per request, so requests pipeline (answers may go out of order);
   `ServerConnection` bounds how many one connection may have in flight.
 - `RequestRejected`: already answered (`overloaded`, or an argument out of range).
@@ -27,6 +28,12 @@ stops, or the listener closes, every waiter is woken and answers at once (`not_l
 `unavailable`). A Dequeue already submitted is never abandoned at the deadline, so a task it
 takes is never lost to a lease nobody holds.
 
+With a `TokenStore` (`--auth-token-file`), the handshake must carry a token the store knows; a
+connection without one, or with another, gets an `unauthenticated` error frame and is closed,
+with no word on which it was. The connection keeps the identity it authenticated with until it
+closes, and each request is checked against that identity's role (`authentication`): one the
+role does not allow is answered `forbidden`, and the connection stays open.
+
 Everything a client can make the listener hold is bounded: connections (`connections_max`;
 beyond, an `overloaded` error frame and close), time to send the handshake, requests in flight
 per connection, and dequeues waiting at once (`long_polls_max`; beyond, `overloaded`).
@@ -46,7 +53,15 @@ from typing import TypeVar, cast
 
 from taskraft import protocol
 from taskraft import queue as queue_commands
-from taskraft.errors import BadRequest, NotLeader, Overloaded, TaskraftError, Unavailable
+from taskraft.errors import (
+    BadRequest,
+    Forbidden,
+    NotLeader,
+    Overloaded,
+    TaskraftError,
+    Unauthenticated,
+    Unavailable,
+)
 from taskraft.protocol import (
     ConnectionClosed,
     ConnectionState,
@@ -62,6 +77,7 @@ from taskraft.protocol.limits import REQUESTS_IN_FLIGHT_MAX
 from taskraft.queue import CommandResult
 from taskraft.queue.limits import LEASE_MS_DEFAULT
 from taskraft.raft import Role
+from taskraft.server.authentication import Identity, TokenStore, operation_permission
 from taskraft.server.replica import Replica
 
 logger = logging.getLogger(__name__)
@@ -75,7 +91,8 @@ class ClientListener:
 
     The provider is called for every request, so a restarted replica is picked up. `node_id`
     names this node in handshake answers and `status`; `leader_address_of(leader_id)` gives the
-    `host:port` clients should use for a leader, or None when it is not known.
+    `host:port` clients should use for a leader, or None when it is not known. With `tokens`,
+    every connection must authenticate in its handshake (module docstring).
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class ClientListener:
         handshake_timeout_s: float = 10.0,
         long_polls_max: int = 10_000,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
+        tokens: TokenStore | None = None,
     ) -> None:
         if connections_max < 1 or long_polls_max < 0:
             raise ValueError("connections_max must be >= 1 and long_polls_max >= 0")
@@ -109,6 +127,8 @@ class ClientListener:
         self.long_polls_max = long_polls_max
         # Requests one connection may have in flight; beyond, `overloaded` (ServerConnection).
         self.requests_in_flight_max = requests_in_flight_max
+        # The tokens a handshake must present; None serves everyone (no authentication).
+        self.tokens = tokens
         self._server: asyncio.Server | None = None
         self._connections: set[_ClientConnection] = set()
         # Every request task of every connection, including those of connections closing.
@@ -125,6 +145,9 @@ class ClientListener:
         # Requests answered `overloaded` by the protocol layer (too many in flight on one
         # connection) before reaching `answer`.
         self.requests_rejected = 0
+        # Handshakes refused `unauthenticated`, and requests refused `forbidden`.
+        self.authentication_failures = 0
+        self.authorization_failures = 0
         self.requests_in_flight = 0
         # Called after each answered request with its operation, duration and error (metrics).
         self.on_request_done: Callable[[str, float, TaskraftError | None], None] | None = None
@@ -203,12 +226,43 @@ class ClientListener:
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def answer(self, request: Request) -> Response:
-        """The response to one request; never raises but for cancellation."""
+    def authenticate(self, token: str | None) -> Identity | None:
+        """The identity of a handshake's token (None when the node requires no token);
+        Unauthenticated, saying no more, when the token is missing or unknown."""
+        tokens = self.tokens
+        if tokens is None:
+            return None
+        identity = tokens.identify(token)
+        if identity is None:
+            self.authentication_failures += 1
+            logger.debug("handshake refused: %s", "no token" if token is None else "unknown token")
+            raise Unauthenticated("authentication required")
+        return identity
+
+    def authorize(self, operation: protocol.Operation, identity: Identity | None) -> None:
+        """Raise Forbidden unless `identity`'s role allows `operation` (always allowed without
+        tokens)."""
+        if self.tokens is None:
+            return
+        if identity is None or not identity.may(operation_permission(operation.name)):
+            self.authorization_failures += 1
+            role = "no role" if identity is None else f"the role {identity.role.value}"
+            logger.debug(
+                "%s refused to %s (%s)",
+                operation.name,
+                None if identity is None else identity.name,
+                role,
+            )
+            raise Forbidden(f"{operation.name} is not allowed to {role}")
+
+    async def answer(self, request: Request, identity: Identity | None = None) -> Response:
+        """The response to one request of a client authenticated as `identity` (None when the
+        node requires no token); never raises but for cancellation."""
         started = time.perf_counter()
         self.requests_in_flight += 1
         error: TaskraftError | None = None
         try:
+            self.authorize(request.operation, identity)
             result = await self._execute(request.operation)
         except TaskraftError as failure:
             error = self._with_leader_address(failure)
@@ -562,9 +616,13 @@ class _ClientConnection(asyncio.Protocol):
 
     def __init__(self, listener: ClientListener) -> None:
         self._listener = listener
+        # Who authenticated on this connection; kept until it closes, whatever the token file
+        # says later. None when the node requires no token.
+        self._identity: Identity | None = None
         self._protocol = ServerConnection(
             node_id=listener.node_id,
             requests_in_flight_max=listener.requests_in_flight_max,
+            check_handshake=None if listener.tokens is None else self._check_handshake,
         )
         self._transport: asyncio.Transport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -644,6 +702,13 @@ class _ClientConnection(asyncio.Protocol):
             logger.exception("client connection broke; closing it")
             self._abort()
 
+    def _check_handshake(self, handshake: Handshake) -> TaskraftError | None:
+        try:
+            self._identity = self._listener.authenticate(handshake.token)
+        except Unauthenticated as error:
+            return error
+        return None
+
     def _spawn(self, request: Request) -> None:
         task = asyncio.get_running_loop().create_task(
             self._serve(request), name=f"taskraft-client-request-{request.request_id}"
@@ -660,7 +725,7 @@ class _ClientConnection(asyncio.Protocol):
         self._close_when_idle()
 
     async def _serve(self, request: Request) -> None:
-        response = await self._listener.answer(request)
+        response = await self._listener.answer(request, self._identity)
         await self._writable.wait()
         if self._closed or self._protocol.state is ConnectionState.FAILED:
             return

@@ -113,6 +113,13 @@ OPTIONS: tuple[Option, ...] = (
         "address of this node's HTTP API as others see it (default: http_address)",
     ),
     Option("cluster_id", "text", "refuse peers that belong to another cluster id"),
+    Option(
+        "cluster_secret_file",
+        "path",
+        "a file holding the cluster's shared secret (at least 32 bytes, surrounding whitespace "
+        "ignored); every peer connection must prove it, both ways. Without it the peer port "
+        "serves anyone who can reach it",
+    ),
     _integer(
         "tick_interval_ms",
         "the Raft clock: heartbeats every heartbeat_interval_ticks, elections after 1 to 2 "
@@ -201,6 +208,19 @@ OPTIONS: tuple[Option, ...] = (
         "s",
         0,
         86_400,
+    ),
+    Option(
+        "auth_token_file",
+        "path",
+        "client tokens, one `NAME ROLE TOKEN` a line (ROLE: read, client or admin), required "
+        "on the client port and the HTTP API; re-read when it changes. Without it the node "
+        "serves anyone",
+    ),
+    Option(
+        "metrics_require_token",
+        "boolean",
+        "/metrics needs a token of the auth token file too (by default it is open)",
+        False,
     ),
     Option(
         "log_level",

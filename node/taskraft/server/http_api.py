@@ -13,6 +13,15 @@ known), and queue operations answer 421 with the leader's addresses in the error
 
 Bounds: a request body is at most `REQUEST_BODY_MAX_BYTES`, and at most `REQUESTS_IN_FLIGHT_MAX`
 requests are served at once; beyond, 429 (`overloaded`) at once.
+
+Authentication: on a node with a token file (`Node.tokens`), every route but the probes needs
+`Authorization: Bearer TOKEN`, and the token's role must grant the route's permission
+(`route_permissions` says which: status and queue reads need `read`, the other queue operations
+`write`, membership, leadership and snapshots `admin`). `/metrics` is open unless
+`metrics_require_token` is set, when it needs any token. A missing or unknown token is answered
+401 `unauthenticated` with `WWW-Authenticate: Bearer`, whichever it was; a role that does not
+allow the route, 403 `forbidden`. Unknown paths and methods are answered 404 and 405 as without
+tokens.
 """
 
 from __future__ import annotations
@@ -34,15 +43,18 @@ from taskraft import protocol
 from taskraft.addresses import parse_address
 from taskraft.errors import (
     BadRequest,
+    Forbidden,
     InvalidArgument,
     NotLeader,
     Overloaded,
     TaskraftError,
+    Unauthenticated,
     Unavailable,
 )
 from taskraft.protocol.fields import FieldReader
 from taskraft.protocol.schema import error_to_wire
 from taskraft.raft import LogIndex, MembershipChange, MembershipChangeKind, NodeId, Role
+from taskraft.server.authentication import Permission
 from taskraft.server.metrics import NodeMetrics
 
 if TYPE_CHECKING:
@@ -79,7 +91,12 @@ _HTTP_STATUS_OF_ERROR: dict[int, int] = {
     17: 400,
     18: 409,
     19: 503,
+    20: 401,
+    21: 403,
 }
+
+# The route that may require a token or not, as `metrics_require_token` says.
+_METRICS_PATH = "/metrics"
 
 
 class HttpApi:
@@ -90,32 +107,40 @@ class HttpApi:
         self.metrics = metrics
         self._runner: web.AppRunner | None = None
         self._in_flight = 0
+        # Requests refused 401 `unauthenticated` and 403 `forbidden` (metrics).
+        self.authentication_failures = 0
+        self.authorization_failures = 0
         application = web.Application(
-            client_max_size=REQUEST_BODY_MAX_BYTES, middlewares=[self._bound_requests]
+            client_max_size=REQUEST_BODY_MAX_BYTES,
+            middlewares=[self._bound_requests, self._authenticate],
         )
-        application.add_routes(
-            [
-                web.get("/healthz", self._healthz),
-                web.get("/readyz", self._readyz),
-                web.get("/v1/status", self._status),
-                web.get("/metrics", self._metrics),
-                web.post("/v1/members", self._add_member),
-                web.post("/v1/members/{node_id}/promote", self._promote_member),
-                web.delete("/v1/members/{node_id}", self._remove_member),
-                web.post("/v1/leadership/transfer", self._transfer_leadership),
-                web.post("/v1/snapshot", self._take_snapshot),
-                web.get("/v1/snapshot", self._download_snapshot),
-                web.get("/v1/queues", self._list_queues),
-                web.post("/v1/queues", self._create_queue),
-                web.delete("/v1/queues/{queue}", self._delete_queue),
-                web.get("/v1/queues/{queue}/count", self._count),
-                web.post("/v1/queues/{queue}/enqueue", self._enqueue),
-                web.post("/v1/queues/{queue}/dequeue", self._dequeue),
-                web.post("/v1/tasks/{task_id}/ack", self._ack),
-                web.post("/v1/tasks/{task_id}/nack", self._nack),
-                web.post("/v1/tasks/{task_id}/extend", self._extend),
-            ]
-        )
+        read, write, admin = Permission.READ, Permission.WRITE, Permission.ADMIN
+        # Every route and the permission it needs when the node requires tokens (None: open).
+        routes: list[tuple[web.RouteDef, Permission | None]] = [
+            (web.get("/healthz", self._healthz), None),
+            (web.get("/readyz", self._readyz), None),
+            (web.get("/v1/status", self._status), read),
+            (web.get(_METRICS_PATH, self._metrics), read),
+            (web.post("/v1/members", self._add_member), admin),
+            (web.post("/v1/members/{node_id}/promote", self._promote_member), admin),
+            (web.delete("/v1/members/{node_id}", self._remove_member), admin),
+            (web.post("/v1/leadership/transfer", self._transfer_leadership), admin),
+            (web.post("/v1/snapshot", self._take_snapshot), admin),
+            (web.get("/v1/snapshot", self._download_snapshot), admin),
+            (web.get("/v1/queues", self._list_queues), read),
+            (web.post("/v1/queues", self._create_queue), write),
+            (web.delete("/v1/queues/{queue}", self._delete_queue), write),
+            (web.get("/v1/queues/{queue}/count", self._count), read),
+            (web.post("/v1/queues/{queue}/enqueue", self._enqueue), write),
+            (web.post("/v1/queues/{queue}/dequeue", self._dequeue), write),
+            (web.post("/v1/tasks/{task_id}/ack", self._ack), write),
+            (web.post("/v1/tasks/{task_id}/nack", self._nack), write),
+            (web.post("/v1/tasks/{task_id}/extend", self._extend), write),
+        ]
+        application.add_routes([route for route, _ in routes])
+        self.route_permissions: dict[tuple[str, str], Permission | None] = {
+            (route.method, route.path): permission for route, permission in routes
+        }
         self._application = application
 
     async def start(self) -> None:
@@ -157,6 +182,38 @@ class HttpApi:
             return _error_response(BadRequest(message), status=exception.status)
         finally:
             self._in_flight -= 1
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        tokens = self._node.tokens
+        if tokens is None:
+            return await handler(request)
+        match_info = request.match_info
+        resource = match_info.route.resource
+        if resource is None or match_info.http_exception is not None:
+            return await handler(request)  # 404 or 405, as without tokens
+        method = "GET" if request.method == "HEAD" else request.method
+        path = resource.canonical
+        permission = self.route_permissions.get((method, path))
+        if permission is None or (
+            path == _METRICS_PATH and not self._node.settings.metrics_require_token
+        ):
+            return await handler(request)
+        identity = tokens.identify(_bearer_token(request))
+        if identity is None:
+            self.authentication_failures += 1
+            response = _error_response(Unauthenticated("authentication required"))
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if not identity.may(permission):
+            self.authorization_failures += 1
+            return _error_response(
+                Forbidden(
+                    f"{request.method} {path} needs the {permission.value} permission, which "
+                    f"the role {identity.role.value} does not have"
+                )
+            )
+        return await handler(request)
 
     # -- probes and status -------------------------------------------------------------------
 
@@ -525,6 +582,17 @@ class HttpApi:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _bearer_token(request: web.Request) -> str | None:
+    """The token of `Authorization: Bearer TOKEN`, or None without one."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
 
 def _text(status: int, text: str) -> web.Response:

@@ -194,8 +194,10 @@ class _NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         node = self._node
         yield from self._raft(node)
+        yield from self._peer_handshakes(node)
         yield from self._queues(node)
         yield from self._connections(node)
+        yield from self._authentication(node)
         yield from self._storage(node)
         uptime = GaugeMetricFamily(
             "taskraft_uptime_seconds", "Seconds since this node process started"
@@ -256,6 +258,30 @@ class _NodeCollector(Collector):
                 contact.add_metric([peer], now - seen)
         yield lag
         yield contact
+
+    def _peer_handshakes(self, node: Node) -> Iterator[Metric]:
+        transport = node.transport
+        if transport is None:
+            return
+        refused = CounterMetricFamily(
+            "taskraft_peer_handshakes_refused",
+            "Peer connections closed before any Raft message, by side (incoming: another "
+            "process connected; outgoing: this node did) and reason (malformed, cluster_id, "
+            "unauthenticated, bad_proof, unknown_sender, timeout, closed)",
+            labels=["side", "reason"],
+        )
+        for (side, reason), count in transport.refusals().items():
+            refused.add_metric([side, reason], count)
+        yield refused
+        counters = transport.counters
+        authenticated = CounterMetricFamily(
+            "taskraft_peer_handshakes_authenticated",
+            "Peer connections whose other side proved the cluster secret, by side",
+            labels=["side"],
+        )
+        authenticated.add_metric(["incoming"], counters.authenticated_incoming)
+        authenticated.add_metric(["outgoing"], counters.authenticated_outgoing)
+        yield authenticated
 
     def _queues(self, node: Node) -> Iterator[Metric]:
         replica = node.replica
@@ -320,6 +346,26 @@ class _NodeCollector(Collector):
         )
         rejected.add_metric([], listener.requests_rejected)
         yield rejected
+
+    def _authentication(self, node: Node) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "taskraft_authentication_failures",
+            "Connections and HTTP requests refused for a missing or unknown token, by surface "
+            "(client, http)",
+            labels=["surface"],
+        )
+        denials = CounterMetricFamily(
+            "taskraft_authorization_failures",
+            "Requests refused `forbidden`: the token's role does not allow them, by surface",
+            labels=["surface"],
+        )
+        for surface, server in (("client", node.listener), ("http", node.http)):
+            if server is None:
+                continue
+            failures.add_metric([surface], server.authentication_failures)
+            denials.add_metric([surface], server.authorization_failures)
+        yield failures
+        yield denials
 
     def _storage(self, node: Node) -> Iterator[Metric]:
         wal = node.settings.data_directory / "wal"

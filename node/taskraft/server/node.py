@@ -34,6 +34,7 @@ from pathlib import Path
 from taskraft.addresses import format_address, parse_address
 from taskraft.errors import TaskraftError, Unavailable
 from taskraft.peer import PeerTransport
+from taskraft.peer.auth import cluster_secret_from_file_bytes
 from taskraft.peer.codec import check_raft_options
 from taskraft.queue import QueueStateMachine
 from taskraft.raft import (
@@ -46,6 +47,7 @@ from taskraft.raft import (
     Role,
     bootstrap_state,
 )
+from taskraft.server.authentication import TokenFileError, TokenStore
 from taskraft.server.client_listener import ClientListener
 from taskraft.server.http_api import HttpApi
 from taskraft.server.metrics import NodeMetrics
@@ -79,6 +81,9 @@ class NodeSettings:
     advertise_http_address: str | None = None
     # Nodes of different clusters refuse each other's connections.
     cluster_id: str | None = None
+    # The cluster's shared secret, which every peer connection must prove (both ways); None:
+    # the peer port serves anyone who can reach it.
+    cluster_secret_file: Path | None = None
     raft: RaftOptions = field(default_factory=RaftOptions)
     replica: ReplicaSettings = field(default_factory=ReplicaSettings)
     # A node whose applied index trails its commit index by more is not ready (/readyz).
@@ -91,6 +96,11 @@ class NodeSettings:
     shutdown_timeout_s: float = 10.0
     # A one-line status at info level this often; 0 turns it off.
     status_log_interval_s: float = 60.0
+    # Client tokens (`NAME ROLE TOKEN` lines, taskraft.server.authentication); None: no
+    # authentication on the client port and the HTTP API.
+    auth_token_file: Path | None = None
+    # /metrics needs a token too (only with auth_token_file).
+    metrics_require_token: bool = False
 
     def __post_init__(self) -> None:
         if self.join == (self.initial_members is not None):
@@ -128,6 +138,8 @@ class Node:
         self.transport: PeerTransport | None = None
         self.listener: ClientListener | None = None
         self.http: HttpApi | None = None
+        # The client tokens of `auth_token_file`; None when the node requires none.
+        self.tokens: TokenStore | None = None
         self._replica_task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -192,6 +204,8 @@ class Node:
         client_host, client_port = parse_address(settings.client_address, allow_port_zero=True)
         http_host, http_port = parse_address(settings.http_address, allow_port_zero=True)
         peer_host, peer_port = parse_address(settings.peer_address, allow_port_zero=True)
+        self.tokens = _load_tokens(settings)
+        cluster_secret = _load_cluster_secret(settings)
         try:
             persisted = await asyncio.to_thread(self._open_storage)
             raft = RaftNode(
@@ -210,6 +224,7 @@ class Node:
                 connections_max=settings.connections_max,
                 handshake_timeout_s=settings.client_handshake_timeout_s,
                 long_polls_max=settings.long_polls_max,
+                tokens=self.tokens,
             )
             await self.listener.start()
             self.listener.on_request_done = self.metrics.request_done
@@ -223,6 +238,8 @@ class Node:
                 {},
                 self._deliver,
                 cluster_id=settings.cluster_id,
+                cluster_secret=cluster_secret,
+                admit_sender=None if cluster_secret is None else peers.admits,
                 advertised_peer_address=settings.advertise_peer_address
                 or (None if peer_port == 0 else settings.peer_address),
                 client_address=self.advertised_client_address,
@@ -447,11 +464,67 @@ class _ConfiguredPeers:
                 logger.error("member %s has an address that is not host:port: %r", member, address)
         self.transport.set_peers(addresses)
 
+    def admits(self, sender: NodeId) -> bool:
+        """Whether a peer that proved the cluster secret may connect: a member of the
+        configuration in force, or anyone while this node cannot judge.
+
+        A node with no configuration yet (a learner being added) accepts any authenticated peer:
+        its leader is in no configuration it knows. So does a follower that has heard no leader
+        for an election timeout: it may lag behind a change that added the node now leading
+        (or campaigning), and refusing it would keep this node from ever catching up.
+        """
+        raft = self._raft
+        configuration = raft.configuration
+        if not configuration.members or sender in configuration.members:
+            return True
+        if raft.role is Role.LEADER:
+            return False
+        return (
+            raft.leader_id is None or raft.election_elapsed >= raft.options.election_timeout_ticks
+        )
+
     def send(self, message: Message) -> None:
         self.refresh()
         assert self.transport is not None
         self._metrics.message_sent(message)
         self.transport.send(message)
+
+
+def _load_tokens(settings: NodeSettings) -> TokenStore | None:
+    """The client tokens the node requires, or None (with a warning) when it requires none."""
+    if settings.auth_token_file is None:
+        logger.warning(
+            "no --auth-token-file: the client port and the HTTP API serve anyone who can reach "
+            "them; give one outside a trusted network"
+        )
+        return None
+    try:
+        tokens = TokenStore.load(settings.auth_token_file)
+    except TokenFileError as error:
+        raise NodeConfigurationError(str(error)) from None
+    logger.info("clients authenticate with the %d tokens of %s", tokens.token_count, tokens.path)
+    return tokens
+
+
+def _load_cluster_secret(settings: NodeSettings) -> bytes | None:
+    """The cluster secret peers must prove, or None (with a warning) when there is none."""
+    path = settings.cluster_secret_file
+    if path is None:
+        logger.warning(
+            "no --cluster-secret-file: the peer port accepts Raft messages from anyone who can "
+            "reach it; give one outside a trusted network"
+        )
+        return None
+    try:
+        secret = cluster_secret_from_file_bytes(path.read_bytes())
+    except OSError as error:
+        raise NodeConfigurationError(
+            f"cannot read the cluster secret file {path}: {error.strerror}"
+        ) from None
+    except ValueError as error:
+        raise NodeConfigurationError(f"the cluster secret file {path}: {error}") from None
+    logger.info("peers authenticate with the cluster secret of %s", path)
+    return secret
 
 
 def _restore_state_machine(persisted: PersistedState) -> QueueStateMachine:
