@@ -35,6 +35,7 @@ from localkube.containers import STOP_WAIT_SECONDS, ContainerRunner, PodContext,
 from localkube.environment import ContainerConfigError
 from localkube.names import NameService, PodName
 from localkube.network import GATEWAY, PodNetworks
+from localkube.release import KUBERNETES_VERSION
 from localkube.volumes import VolumeManager, VolumeNotReadyError
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class Kubelet:
                 "kernelVersion": platform.release(),
                 "osImage": "localkube processes",
                 "containerRuntimeVersion": "localkube://1",
-                "kubeletVersion": "v1.33.0-localkube",
+                "kubeletVersion": f"{KUBERNETES_VERSION}-localkube",
                 "kubeProxyVersion": "",
                 "operatingSystem": "linux",
                 "architecture": self._architecture(),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from localkube.api import JsonObject
+from localkube.release import KUBERNETES_MINOR
 
 # Runs a command in the container: (command, timeout in seconds) -> (exit status, output).
 ExecRunner = Callable[[list[str], float], Awaitable[tuple[int, str]]]
@@ -77,7 +78,7 @@ async def _http_get(
     path = action.get("path", "/")
     if not path.startswith("/"):
         path = "/" + path
-    headers = {"User-Agent": "kube-probe/1.33", "Accept": "*/*"}
+    headers = {"User-Agent": f"kube-probe/{KUBERNETES_MINOR}", "Accept": "*/*"}
     for header in action.get("httpHeaders") or []:
         headers[header["name"]] = header["value"]
     url = f"{scheme}://{host}:{port}{path}"
