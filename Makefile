@@ -7,7 +7,7 @@ SIM_ARGS ?=
 
 MAKEFLAGS += --no-print-directory
 
-.PHONY: install test lint typecheck importlint pytest demo sim-demo sim bench bench-quick e2e controlplane clean
+.PHONY: install test lint typecheck importlint pytest fuzz demo sim-demo sim bench bench-quick e2e controlplane clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: $(STAMP)
 	$(MAKE) typecheck
 	$(MAKE) importlint
 	$(MAKE) pytest
+
+# The fuzz tests and the Hypothesis tests of the decoders with many more examples (minutes).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -n 2 -p no:cacheprovider tests/fuzz tests/protocol tests/peer tests/queue/test_queue_codec.py
 
 # A local 3-node cluster of real processes: enqueue, consume, kill the leader, check nothing is lost.
 demo: $(STAMP)
