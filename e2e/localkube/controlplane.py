@@ -67,7 +67,6 @@ class ControlPlane:
     certificate_authority: Path  # the PEM authority that signed every certificate here
     certificates: ControlPlaneCertificates | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    advertise_address: str = HOST  # the API server's address for pods (start_control_plane)
 
     @property
     def audit_log(self) -> Path:
@@ -351,7 +350,6 @@ def start_control_plane(
         kubeconfig=kubeconfig,
         certificate_authority=authority,
         certificates=certificates,
-        advertise_address=advertise_address,
     )
     audit_policy = directory / "audit-policy.json"
     audit_policy.write_text(json.dumps(AUDIT_POLICY, indent=2) + "\n")

@@ -23,6 +23,9 @@ from localkube.services import (
 
 NO_API = cast(KubernetesApi, None)
 
+# Every wait on a condition is bounded by this.
+DEADLINE_SECONDS = 10.0
+
 
 def service(
     name: str,
@@ -251,12 +254,14 @@ def test_connections_spread_over_ready_endpoints_and_are_bounded() -> None:
 
         # Beyond the limit of one connection per Service, a connection is closed at once.
         _, held = await asyncio.open_connection("127.0.0.1", port)
-        while not listener.connections:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            while not listener.connections:
+                await asyncio.sleep(0.01)
         assert await _exchange(port, b"hi") == b""
         held.close()
-        while listener.connections:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            while listener.connections:
+                await asyncio.sleep(0.01)
 
         # Without a ready endpoint, too.
         proxy._slices = slices_by_service(

@@ -14,8 +14,8 @@ Exit statuses, the same for every command:
   no server answered. Among them `unauthenticated` (no token, or one the cluster does not know)
   and `forbidden` (the token's role does not allow the command), with a hint on stderr.
 
-A cluster that requires tokens gets the one of `--token`, else of `$TASKRAFT_TOKEN` (better: a
-flag shows in the process list). The token is never printed.
+A cluster that requires tokens gets the one of `--token`, else of `$TASKRAFT_TOKEN` (the
+variable is the better choice: a flag shows in the process list). The token is never printed.
 - 2 (`EXIT_USAGE`): bad command line (argparse's own status), including a bad `--servers` or
   `TASKRAFT_SERVERS`.
 - 3 (`EXIT_NO_TASK`): `dequeue` or `dequeue-many` found no task (within `--wait-ms`), so a
