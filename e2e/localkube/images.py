@@ -248,11 +248,6 @@ def _substitute(text: str, environment: dict[str, str]) -> str:
     return _REFERENCE.sub(replace, text)
 
 
-def base_environment() -> dict[str, str]:
-    """What every container starts from: PATH with the virtual environment first."""
-    return {"PATH": f"{VIRTUAL_ENVIRONMENT_BIN}:{DEFAULT_PATH}"}
-
-
 def with_virtual_environment_first(path: str) -> str:
     parts = [part for part in path.split(":") if part and part != str(VIRTUAL_ENVIRONMENT_BIN)]
     return ":".join([str(VIRTUAL_ENVIRONMENT_BIN), *parts])

@@ -82,10 +82,6 @@ class NameService:
             group.create_task(self.services.run())
             group.create_task(self.pod_objects.run())
 
-    async def wait_synced(self) -> None:
-        await self.services.synced.wait()
-        await self.pod_objects.synced.wait()
-
     def add_pod(self, uid: str, name: PodName) -> Path:
         """The pod's hosts file, written now and kept current until `remove_pod`."""
         self.pods[uid] = name
