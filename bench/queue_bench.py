@@ -82,7 +82,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -96,6 +95,8 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
+
+from reporting import file_system_description, percentile, print_table
 
 from taskraft.client import AsyncClient, QueueCounts, Task
 from taskraft.errors import TaskraftError
@@ -325,11 +326,8 @@ class Report:
 # -- statistics and output ---------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+def percentile_or_none(values: Sequence[float], fraction: float) -> float | None:
+    return percentile(values, fraction) if values else None
 
 
 def milliseconds(seconds: float | None) -> float | None:
@@ -344,18 +342,6 @@ def print_heading(title: str) -> None:
     print()
     print(title)
     print("-" * len(title), flush=True)
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print rows under headers: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    for line in (headers, *rows):
-        cells = [
-            cell.ljust(width) if position == 0 else cell.rjust(width)
-            for position, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-    print(flush=True)
 
 
 def print_measurement(measurement: Measurement) -> None:
@@ -413,17 +399,6 @@ def cluster_cpu_seconds(pids: dict[str, int]) -> float:
 
 
 # -- the machine -------------------------------------------------------------------------------
-
-
-def file_system_description(directory: Path) -> str:
-    try:
-        completed = subprocess.run(
-            ["df", "-T", str(directory)], capture_output=True, text=True, check=True, timeout=10
-        )
-        fields = completed.stdout.splitlines()[-1].split()
-        return f"{fields[1]} on {fields[0]}, mounted at {fields[-1]}"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown (df failed)"
 
 
 def machine_facts(directory: Path) -> dict[str, Any]:
@@ -876,8 +851,8 @@ class ClientRun:
             nodes=nodes,
             operations=operations,
             seconds=self.seconds,
-            latency_p50_ms=milliseconds(percentile(latencies, 0.50)),
-            latency_p99_ms=milliseconds(percentile(latencies, 0.99)),
+            latency_p50_ms=milliseconds(percentile_or_none(latencies, 0.50)),
+            latency_p99_ms=milliseconds(percentile_or_none(latencies, 0.99)),
             server_cpu_seconds=self.server_cpu_seconds,
             client_cpu_seconds=sum(result.cpu_seconds for result in self.results),
             client_processes=len(self.results),
@@ -1611,8 +1586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {machine['file_system']}"
         )
         fsync = measure_fsync(work_directory)
-        report.fsync_p50_ms = milliseconds(percentile(fsync, 0.50))
-        report.fsync_p99_ms = milliseconds(percentile(fsync, 0.99))
+        report.fsync_p50_ms = milliseconds(percentile_or_none(fsync, 0.50))
+        report.fsync_p99_ms = milliseconds(percentile_or_none(fsync, 0.99))
         say(f"fsync (256 B append + fdatasync): p50 {report.fsync_p50_ms:.2f} ms")
         Bench(settings, report, clusters).run()
     except KeyboardInterrupt:

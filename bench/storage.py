@@ -49,7 +49,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -57,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+from reporting import file_system_description, percentile, print_table
 
 from taskraft.raft import (
     Configuration,
@@ -128,18 +128,6 @@ QUICK_SETTINGS = Settings(
 # -- output ------------------------------------------------------------------------------------
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Print rows under headers: the first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    for line in (headers, *rows):
-        cells = [
-            cell.ljust(width) if position == 0 else cell.rjust(width)
-            for position, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-    print(flush=True)
-
-
 def print_heading(title: str) -> None:
     print(title)
     print("-" * len(title))
@@ -161,25 +149,7 @@ def format_size(size_bytes: int) -> str:
     return f"{size_bytes // 1024} KiB" if size_bytes >= 1024 else f"{size_bytes} B"
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 # -- machine facts -----------------------------------------------------------------------------
-
-
-def file_system_description(directory: Path) -> str:
-    """The device, type and mount point of the file system holding `directory`."""
-    try:
-        completed = subprocess.run(
-            ["df", "-T", str(directory)], capture_output=True, text=True, check=True, timeout=10
-        )
-        fields = completed.stdout.splitlines()[-1].split()
-        return f"{fields[1]} on {fields[0]}, mounted at {fields[-1]}"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        status = os.statvfs(directory)
-        return f"unknown type (df failed); block size {status.f_bsize} bytes"
 
 
 def print_machine_facts(directory: Path, quick: bool) -> None:
