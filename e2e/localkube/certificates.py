@@ -65,6 +65,42 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
     return x509.Name(attributes)
 
 
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    now: datetime.datetime,
+    authority: bool,
+) -> x509.CertificateBuilder:
+    """What every certificate here has: validity, basic constraints and key usage (an
+    authority signs certificates and revocation lists; the others only sign)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=authority, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=authority,
+                crl_sign=authority,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
 class CertificateAuthority:
     """A certificate authority whose key is at hand, to issue the cluster's certificates."""
 
@@ -86,43 +122,13 @@ class CertificateAuthority:
         now = datetime.datetime.now(datetime.UTC)
         subject = _name(common_name)
         certificate = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            _builder(subject, subject, key, now=now, authority=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
         files = CertificateAndKey(directory / f"{name}.crt", directory / f"{name}.key")
         _write_certificate(files.certificate, certificate)
         _write_private_key(files.private_key, key)
-        return cls(certificate, key, files)
-
-    @classmethod
-    def load(cls, files: CertificateAndKey) -> CertificateAuthority:
-        """An authority written earlier by `create`, e.g. to issue a node's certificate later."""
-        certificate = x509.load_pem_x509_certificate(files.certificate.read_bytes())
-        key = serialization.load_pem_private_key(files.private_key.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise TypeError(f"{files.private_key} is not an ECDSA private key")
         return cls(certificate, key, files)
 
     def issue(
@@ -154,27 +160,12 @@ class CertificateAuthority:
             x509.SubjectKeyIdentifier
         ).value
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organizations))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+            _builder(
+                _name(common_name, organizations),
+                self.certificate.subject,
+                key,
+                now=now,
+                authority=False,
             )
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
