@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from taskraft.tls import TlsFiles, client_context
+
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.05
@@ -174,10 +176,13 @@ class LocalCluster:
         log_level: str = "info",
         founders: int | None = None,
         http_token: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         """`founders`: how many of the nodes found the cluster (default all); the others start
         with `--join` and wait to be added through the leader's HTTP API. `http_token`: the
-        bearer token `status` sends, for nodes started with `--auth-token-file`."""
+        bearer token `status` sends, for nodes started with `--auth-token-file`. `tls`: every
+        node serves TLS with these files (one certificate for all, naming 127.0.0.1), and
+        `status` and `ready` use HTTPS, trusting `tls.authority`."""
         if nodes < 1:
             raise ValueError("a cluster has at least one node")
         self.layout = node_layout(nodes, base_port)
@@ -190,6 +195,9 @@ class LocalCluster:
         self.extra_arguments = list(extra_arguments)
         self.log_level = log_level
         self.http_token = http_token
+        self.tls = tls
+        # What HTTPS requests to the nodes verify them with; None for plain HTTP.
+        self.http_tls = None if tls is None else client_context(tls.authority)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- addresses ---------------------------------------------------------------------------
@@ -238,8 +246,23 @@ class LocalCluster:
             self.log_level,
             "--log-format",
             "text",
+            *self._tls_arguments(),
             *self.extra_arguments,
         ]
+
+    def _tls_arguments(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        arguments = ["--tls-cert", str(tls.certificate), "--tls-key", str(tls.key)]
+        if tls.authority is not None:
+            arguments += ["--tls-ca", str(tls.authority)]
+        return arguments
+
+    def http_url(self, node_id: str, path: str) -> str:
+        """The URL of `path` (starting with /) on the node's HTTP API."""
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.node(node_id).http_address}{path}"
 
     def start(self) -> None:
         """Start every founding node that is not running (the others with `start_node`)."""
@@ -325,20 +348,22 @@ class LocalCluster:
 
     def status(self, node_id: str, timeout_s: float = 1.0) -> dict[str, Any] | None:
         """The node's `/v1/status` document, or None when it does not answer."""
-        request = urllib.request.Request(f"http://{self.node(node_id).http_address}/v1/status")
+        request = urllib.request.Request(self.http_url(node_id, "/v1/status"))
         if self.http_token is not None:
             request.add_header("Authorization", f"Bearer {self.http_token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            with urllib.request.urlopen(
+                request, timeout=timeout_s, context=self.http_tls
+            ) as response:
                 document: dict[str, Any] = json.load(response)
                 return document
         except (OSError, urllib.error.URLError, ValueError):
             return None
 
     def ready(self, node_id: str, timeout_s: float = 1.0) -> bool:
-        url = f"http://{self.node(node_id).http_address}/readyz"
+        url = self.http_url(node_id, "/readyz")
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            with urllib.request.urlopen(url, timeout=timeout_s, context=self.http_tls) as response:
                 return bool(response.status == 200)
         except (OSError, urllib.error.URLError):
             return False

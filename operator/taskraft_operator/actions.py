@@ -35,6 +35,7 @@ import aiohttp
 
 from taskraft_operator import model
 from taskraft_operator.observe import (
+    OPEN_ACCESS,
     PODS,
     PVCS,
     RESOURCES_BY_KIND,
@@ -42,6 +43,7 @@ from taskraft_operator.observe import (
     Endpoints,
     KubeApi,
     KubeApiError,
+    NodeAccess,
     NodeAnswer,
     NodeHttp,
 )
@@ -125,6 +127,7 @@ class ActionContext:
     http: NodeHttp
     endpoints: Endpoints
     events: EventSink
+    access: NodeAccess = OPEN_ACCESS
 
     @property
     def name(self) -> str:
@@ -292,7 +295,9 @@ async def _admin(
     path: str,
     body: Mapping[str, Any] | None = None,
 ) -> NodeAnswer:
-    answer = await context.http.call(context.http_address(pod), method, path, body)
+    answer = await context.http.call(
+        context.http_address(pod), method, path, body, context.access
+    )
     if not answer.ok:
         raise ActionFailed(f"{method} {path} on {pod}: {answer.error_message()}")
     return answer

@@ -70,6 +70,8 @@ metrics server (metrics.py) on `TASKRAFT_OPERATOR_METRICS_PORT` (default 9090; `
   (server-side apply, and the StatefulSet's scale), create (a server-side apply that creates
   the object is authorized as create too).
 - core pods: list, delete; core persistentvolumeclaims: list, delete.
+- core secrets: get (the credentials Secret and the TLS Secret of `spec.tls`), create (the
+  credentials Secret, once; credentials.py).
 - batch jobs: list, create, patch (the backup Jobs: server-side applied, listed by the
   cluster's labels; never deleted: ttlSecondsAfterFinished and the owner reference do that).
 - core events: create (kopf posts them).
@@ -104,6 +106,12 @@ from taskraft_operator.actions import (
     carry_out,
     is_side_effect,
 )
+from taskraft_operator.credentials import (
+    CredentialsUnavailable,
+    TrustCache,
+    ensure_credentials,
+    node_access,
+)
 from taskraft_operator.model import (
     ClusterStatus,
     Condition,
@@ -113,12 +121,14 @@ from taskraft_operator.model import (
     status_to_dict,
 )
 from taskraft_operator.observe import (
+    OPEN_ACCESS,
     QUEUE_CLUSTERS,
     ApiResource,
     Endpoints,
     KubeApi,
     KubeApiError,
     Login,
+    NodeAccess,
     NodeHttp,
     close_quietly,
     default_login,
@@ -128,6 +138,7 @@ from taskraft_operator.planner import (
     RECHECK_FAST_S,
     Plan,
     TakeSnapshot,
+    credentials_secret_name,
     plan,
     record_snapshot,
     record_snapshot_failure,
@@ -172,6 +183,8 @@ class ClusterMemory:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     queues_created: str | None = None
+    # The SSL context that trusts the cluster's TLS authority, rebuilt when that changes.
+    trust: TrustCache = field(default_factory=TrustCache)
     # Problem reason -> the message last posted for it, while the problem lasts.
     reported_problems: dict[str, str] = field(default_factory=dict)
     reported_warnings: frozenset[str] = frozenset()
@@ -253,12 +266,38 @@ async def _run(
     except SpecError as error:
         metrics.ERRORS.labels("spec").inc()
         _report_once(memory, events, "InvalidSpec", str(error))
-        await _write_invalid_status(api, fresh, previous, str(error), clock())
+        await _write_blocked_status(api, fresh, previous, str(error), clock())
         return None, None
     memory.reported_problems.pop("InvalidSpec", None)
     _report_spec_warnings(desired, memory, events)
+    try:
+        credentials, created = await ensure_credentials(api, desired, fresh)
+        if created:
+            events(
+                "Normal",
+                "CredentialsCreated",
+                f"generated the cluster secret and tokens into the Secret "
+                f"{credentials_secret_name(desired.name)}",
+            )
+        access = await node_access(api, desired, credentials, memory.trust)
+    except CredentialsUnavailable as error:
+        metrics.ERRORS.labels("credentials").inc()
+        _report_once(memory, events, "CredentialsUnavailable", str(error))
+        await _write_blocked_status(
+            api,
+            fresh,
+            previous,
+            str(error),
+            clock(),
+            phase=previous.phase if previous is not None else "Creating",
+            reason="CredentialsUnavailable",
+        )
+        return None, None
+    memory.reported_problems.pop("CredentialsUnavailable", None)
 
-    observation = await observe(desired, previous, api, http, endpoints=endpoints, now=clock())
+    observation = await observe(
+        desired, previous, api, http, endpoints=endpoints, now=clock(), access=access
+    )
     if observation.unreachable:
         logger.debug("%s/%s: no /v1/status from %s", namespace, name, observation.unreachable)
     result = plan(desired, observation.state)
@@ -271,7 +310,13 @@ async def _run(
     action = result.action
     metrics.ACTIONS.labels(action_name(action)).inc()
     context = ActionContext(
-        owner=fresh, desired=desired, api=api, http=http, endpoints=endpoints, events=events
+        owner=fresh,
+        desired=desired,
+        api=api,
+        http=http,
+        endpoints=endpoints,
+        events=events,
+        access=access,
     )
     outcome = await carry_out(action, context)
     if not outcome.done:
@@ -294,7 +339,7 @@ async def _run(
 
     available = status.condition("Available")
     if available is not None and available.status == "True":
-        await _create_declared_queues(fresh, desired, endpoints, memory, events)
+        await _create_declared_queues(fresh, desired, endpoints, memory, events, access)
     return replace(result, status=status), outcome
 
 
@@ -308,31 +353,34 @@ async def write_status(api: KubeApi, desired: DesiredSpec, status: ClusterStatus
     )
 
 
-async def _write_invalid_status(
+async def _write_blocked_status(
     api: KubeApi,
     body: Mapping[str, Any],
     previous: ClusterStatus | None,
     message: str,
     now: datetime,
+    *,
+    phase: str = "Invalid",
+    reason: str = "InvalidSpec",
 ) -> None:
-    """Phase Invalid and condition Progressing/InvalidSpec; the rest (the progress record
-    above all) as it was."""
+    """`phase` (Invalid) and condition Progressing/`reason` (InvalidSpec) with `message`;
+    the rest (the progress record above all) as it was."""
     metadata = body.get("metadata") or {}
     before = None if previous is None else previous.condition("Progressing")
-    unchanged = before is not None and before.status == "False" and before.reason == "InvalidSpec"
+    unchanged = before is not None and before.status == "False" and before.reason == reason
     progressing = Condition(
         type="Progressing",
         status="False",
-        reason="InvalidSpec",
+        reason=reason,
         message=message,
         last_transition_time=before.last_transition_time if unchanged and before else now,
     )
-    base = previous if previous is not None else ClusterStatus(phase="Invalid")
+    base = previous if previous is not None else ClusterStatus(phase=phase)
     others = tuple(condition for condition in base.conditions if condition.type != "Progressing")
     generation = metadata.get("generation")
     status = replace(
         base,
-        phase="Invalid",
+        phase=phase,
         observed_generation=generation if isinstance(generation, int) else 0,
         conditions=(*others, progressing),
     )
@@ -370,6 +418,7 @@ async def _create_declared_queues(
     endpoints: Endpoints,
     memory: ClusterMemory,
     events: EventSink,
+    access: NodeAccess,
 ) -> None:
     try:
         queues = declared_queues(body)
@@ -385,7 +434,7 @@ async def _create_declared_queues(
     servers = endpoints.client(desired.name, desired.namespace)
     try:
         warnings = await asyncio.wait_for(
-            create_queues(servers, queues, events), timeout=QUEUES_TIMEOUT_S
+            create_queues(servers, queues, events, access), timeout=QUEUES_TIMEOUT_S
         )
     except (TaskraftError, OSError, TimeoutError) as error:
         metrics.ERRORS.labels("queues").inc()
@@ -399,7 +448,10 @@ async def _create_declared_queues(
 
 
 async def create_queues(
-    servers: Sequence[str], queues: Sequence[DeclaredQueue], events: EventSink
+    servers: Sequence[str],
+    queues: Sequence[DeclaredQueue],
+    events: EventSink,
+    access: NodeAccess = OPEN_ACCESS,
 ) -> list[str]:
     """Create each declared queue that does not exist (in the given order: dead-letter queues
     first); the differences of existing queues from their declaration, one line each."""
@@ -407,7 +459,11 @@ async def create_queues(
     if not queues:
         return warnings
     async with AsyncClient(
-        servers, client_name="taskraft-operator", request_timeout_s=QUEUES_TIMEOUT_S
+        servers,
+        client_name="taskraft-operator",
+        token=access.token,
+        tls=access.tls,
+        request_timeout_s=QUEUES_TIMEOUT_S,
     ) as client:
         existing = {queue.name: queue for queue in await client.list_queues()}
         for queue in queues:

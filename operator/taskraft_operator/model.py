@@ -184,6 +184,11 @@ class DesiredSpec:
     step_timeout_s: int = 600
     # `spec.backup.claimName`: the PVC each completed snapshot round is copied to (a Job).
     backup_claim_name: str | None = None
+    # `spec.authentication.enabled`: clients need a token of the credentials Secret.
+    authentication: bool = True
+    # `spec.tls.secretName`: the Secret (tls.crt, tls.key, ca.crt) of TLS on every port; None:
+    # plain TCP.
+    tls_secret_name: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ STATEFUL_SETS = ApiResource("apps/v1", "statefulsets", "StatefulSet")
 PDBS = ApiResource("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget")
 NETWORK_POLICIES = ApiResource("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")
 JOBS = ApiResource("batch/v1", "jobs", "Job")
+SECRETS = ApiResource("v1", "secrets", "Secret")
 QUEUE_CLUSTERS = ApiResource(API_VERSION, PLURAL, KIND)
 
 RESOURCES_BY_KIND: Mapping[str, ApiResource] = {
@@ -370,8 +371,34 @@ class NodeAnswer:
         return f"{self.status}: {str(document)[:200]}"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeAccess:
+    """How the operator reaches one cluster's nodes: the bearer token it sends (its admin
+    token, None for a cluster without authentication) and, under TLS, the context that trusts
+    the cluster's authority (None: plain HTTP)."""
+
+    token: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"NodeAccess(token={'set' if self.token else None}, scheme={self.scheme})"
+
+
+# A cluster without authentication or TLS.
+OPEN_ACCESS = NodeAccess()
+
+
 class NodeHttp:
-    """GET /v1/status with a short deadline; admin calls that follow 307 to the leader."""
+    """GET /v1/status with a short deadline; admin calls that follow 307 to the leader; each
+    with the token and TLS context of the cluster's `NodeAccess`."""
 
     def __init__(
         self,
@@ -397,11 +424,16 @@ class NodeHttp:
             await self._session.close()
             self._session = None
 
-    async def status(self, address: str) -> dict[str, Any] | None:
+    async def status(
+        self, address: str, access: NodeAccess = OPEN_ACCESS
+    ) -> dict[str, Any] | None:
         """The node's /v1/status document, or None when it does not answer in time."""
         try:
             async with self._session_now().get(
-                f"http://{address}/v1/status", timeout=self.status_timeout
+                f"{access.scheme}://{address}/v1/status",
+                timeout=self.status_timeout,
+                headers=access.headers(),
+                ssl=True if access.tls is None else access.tls,
             ) as response:
                 if response.status != 200:
                     return None
@@ -411,15 +443,22 @@ class NodeHttp:
         return document if isinstance(document, dict) else None
 
     async def call(
-        self, address: str, method: str, path: str, body: Mapping[str, Any] | None = None
+        self,
+        address: str,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        access: NodeAccess = OPEN_ACCESS,
     ) -> NodeAnswer:
         """An admin request; a 307/308 is followed with the same method and body.
 
         Raises aiohttp.ClientError or TimeoutError when no answer comes.
         """
-        url = f"http://{address}{path}"
+        url = f"{access.scheme}://{address}{path}"
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = access.headers()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         for _ in range(self.redirects_max + 1):
             async with self._session_now().request(
                 method,
@@ -428,6 +467,7 @@ class NodeHttp:
                 headers=headers,
                 allow_redirects=False,
                 timeout=self.admin_timeout,
+                ssl=True if access.tls is None else access.tls,
             ) as response:
                 text = await response.text()
                 location = response.headers.get("Location")
@@ -480,6 +520,7 @@ async def observe(
     *,
     endpoints: Endpoints,
     now: datetime,
+    access: NodeAccess = OPEN_ACCESS,
 ) -> Observation:
     """Everything the planner needs, read concurrently; Kubernetes errors propagate."""
     name, namespace = desired.name, desired.namespace
@@ -515,7 +556,10 @@ async def observe(
     statuses = await asyncio.gather(
         *(
             _node_status(
-                http, endpoints.http(name, namespace, ordinal), model.pod_name(name, ordinal)
+                http,
+                endpoints.http(name, namespace, ordinal),
+                model.pod_name(name, ordinal),
+                access,
             )
             for ordinal in pods_by_ordinal
         )
@@ -571,8 +615,10 @@ def observed_job(body: Mapping[str, Any]) -> model.ObservedJob:
     return model.ObservedJob(name=_name(body), succeeded=succeeded, failed=failed)
 
 
-async def _node_status(http: NodeHttp, address: str, pod: str) -> model.NodeStatus | None:
-    document = await http.status(address)
+async def _node_status(
+    http: NodeHttp, address: str, pod: str, access: NodeAccess
+) -> model.NodeStatus | None:
+    document = await http.status(address, access)
     if document is None:
         return None
     try:
@@ -669,11 +715,13 @@ __all__ = [
     "CONFIG_MAPS",
     "FIELD_MANAGER",
     "NETWORK_POLICIES",
+    "OPEN_ACCESS",
     "PDBS",
     "PODS",
     "PVCS",
     "QUEUE_CLUSTERS",
     "RESOURCES_BY_KIND",
+    "SECRETS",
     "SERVICES",
     "STATEFUL_SETS",
     "ApiResource",
@@ -681,6 +729,7 @@ __all__ = [
     "KubeApi",
     "KubeApiError",
     "Login",
+    "NodeAccess",
     "NodeAnswer",
     "NodeHttp",
     "Observation",

@@ -162,6 +162,22 @@ DATA_MOUNT_PATH = "/var/lib/taskraft/data"
 # A subdirectory, so a fresh volume's lost+found never sits in the node's data directory.
 DATA_DIRECTORY = f"{DATA_MOUNT_PATH}/node"
 CONFIG_MOUNT_PATH = "/etc/taskraft"
+# The credentials Secret (`credentials_secret_name`) and the TLS Secret (`spec.tls`), each
+# mounted read-only for the node's group (fsGroup) and nobody else.
+CREDENTIALS_MOUNT_PATH = "/etc/taskraft-credentials"
+TLS_MOUNT_PATH = "/etc/taskraft-tls"
+SECRET_FILE_MODE = 0o440
+# The keys of the credentials Secret: the nodes' token file and cluster secret, and each
+# generated token alone (for clients: a secretKeyRef; for the operator: the admin token).
+TOKEN_FILE_KEY = "tokens"
+CLUSTER_SECRET_KEY = "cluster-secret"
+ADMIN_TOKEN_KEY = "admin-token"
+CLIENT_TOKEN_KEY = "client-token"
+READ_TOKEN_KEY = "read-token"
+# The keys of a TLS Secret (kubernetes.io/tls, plus the authority as cert-manager adds it).
+TLS_CERTIFICATE_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
+TLS_AUTHORITY_KEY = "ca.crt"
 # The node image runs as this user (node/Dockerfile); fsGroup makes the volume writable for it.
 NODE_USER_ID = 10001
 # The node's own graceful stop is bounded by shutdown_timeout_ms (default 10 s); the pod gets
@@ -184,10 +200,14 @@ RESERVED_CONFIG_KEYS = frozenset(
         "advertise_peer_address",
         "advertise_http_address",
         "cluster_id",
-        # Files the pod would need mounted, which spec.config cannot do; the operator does not
-        # manage client tokens or the cluster secret yet (docs/kubernetes.md, "Not built yet").
+        # Credentials: the operator mounts its credentials Secret and the TLS Secret of
+        # spec.tls (spec.authentication, spec.tls) and points the node at them.
         "auth_token_file",
         "cluster_secret_file",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        # /metrics stays open to Prometheus (docs/kubernetes.md).
         "metrics_require_token",
     }
 )
@@ -1145,14 +1165,21 @@ def _backup_step(
 
 
 # Run by the node image's Python in the backup Job: `python -c SCRIPT URL DIRECTORY PREFIX`.
+# Sends $TASKRAFT_TOKEN as the bearer token when set, and verifies an https URL against the
+# authority file $TASKRAFT_TLS_CA.
 # Streams GET URL (/v1/snapshot) into DIRECTORY/PREFIX-{index}-{term}.snapshot.partial,
 # checks the crc32 the node sent, fsyncs, writes the .json of the headers the same way, then
 # renames both into place and fsyncs the directory. Any failure exits non-zero (the Job
 # retries) and leaves no file under the final names.
 BACKUP_SCRIPT = """\
-import json, os, sys, urllib.request, zlib
+import json, os, ssl, sys, urllib.request, zlib
 url, directory, prefix = sys.argv[1:4]
-with urllib.request.urlopen(url, timeout=60) as response:
+request = urllib.request.Request(url)
+if os.environ.get("TASKRAFT_TOKEN"):
+    request.add_header("Authorization", "Bearer " + os.environ["TASKRAFT_TOKEN"])
+authority = os.environ.get("TASKRAFT_TLS_CA")
+context = ssl.create_default_context(cafile=authority) if authority else None
+with urllib.request.urlopen(request, timeout=60, context=context) as response:
     index = int(response.headers["X-Taskraft-Snapshot-Index"])
     term = int(response.headers["X-Taskraft-Snapshot-Term"])
     expected = response.headers["X-Taskraft-Snapshot-Crc32"].strip().lower()
@@ -1201,19 +1228,52 @@ def backup_job_manifest(desired: DesiredSpec, *, pod: str, index: int) -> dict[s
     """
     ordinal = ordinal_of(desired.name, pod)
     host = pod_dns_name(desired.name, desired.namespace, 0 if ordinal is None else ordinal)
-    url = f"http://{host}:{HTTP_PORT}/v1/snapshot"
+    url = f"{http_scheme(desired)}://{host}:{HTTP_PORT}/v1/snapshot"
+    environment: list[dict[str, Any]] = [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}]
+    mounts: list[dict[str, Any]] = [{"name": "backup", "mountPath": BACKUP_MOUNT_PATH}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "backup", "persistentVolumeClaim": {"claimName": desired.backup_claim_name}}
+    ]
+    if desired.authentication:
+        # Downloading a snapshot is an admin operation.
+        environment.append(
+            {
+                "name": "TASKRAFT_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": credentials_secret_name(desired.name),
+                        "key": ADMIN_TOKEN_KEY,
+                    }
+                },
+            }
+        )
+    if desired.tls_secret_name is not None:
+        environment.append(
+            {"name": "TASKRAFT_TLS_CA", "value": f"{TLS_MOUNT_PATH}/{TLS_AUTHORITY_KEY}"}
+        )
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT_PATH, "readOnly": True})
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": desired.tls_secret_name,
+                    "defaultMode": SECRET_FILE_MODE,
+                    "items": [{"key": TLS_AUTHORITY_KEY, "path": TLS_AUTHORITY_KEY}],
+                },
+            }
+        )
     container = {
         "name": "backup",
         "image": desired.image,
         "imagePullPolicy": desired.image_pull_policy,
         "command": ["python", "-c", BACKUP_SCRIPT, url, BACKUP_MOUNT_PATH, desired.name],
-        "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+        "env": environment,
         "securityContext": {
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "backup", "mountPath": BACKUP_MOUNT_PATH}],
+        "volumeMounts": mounts,
     }
     spec: dict[str, Any] = {
         "backoffLimit": BACKUP_BACKOFF_LIMIT,
@@ -1236,12 +1296,7 @@ def backup_job_manifest(desired: DesiredSpec, *, pod: str, index: int) -> dict[s
                     "fsGroup": NODE_USER_ID,
                 },
                 "containers": [container],
-                "volumes": [
-                    {
-                        "name": "backup",
-                        "persistentVolumeClaim": {"claimName": desired.backup_claim_name},
-                    }
-                ],
+                "volumes": volumes,
             },
         },
     }
@@ -1877,6 +1932,7 @@ def _pod_template(desired: DesiredSpec) -> dict[str, Any]:
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(HTTP_PORT),
                 "prometheus.io/path": "/metrics",
+                "prometheus.io/scheme": http_scheme(desired),
                 CONFIG_HASH_ANNOTATION: config_hash(desired.config),
                 VERSION_ANNOTATION: desired.version,
             },
@@ -1896,6 +1952,8 @@ def _pod_template(desired: DesiredSpec) -> dict[str, Any]:
                 # The root file system is read-only; anything that wants a scratch file gets
                 # this (the node itself writes only to its data volume).
                 {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                _credentials_volume(desired),
+                *_tls_volumes(desired),
             ],
         },
     }
@@ -1915,7 +1973,19 @@ def _node_container(desired: DesiredSpec) -> dict[str, Any]:
         {"name": "TASKRAFT_ADVERTISE_PEER_ADDRESS", "value": f"{dns}:{PEER_PORT}"},
         {"name": "TASKRAFT_ADVERTISE_HTTP_ADDRESS", "value": f"{dns}:{HTTP_PORT}"},
         {"name": "TASKRAFT_CLUSTER_ID", "value": f"{desired.namespace}.{desired.name}"},
+        {
+            "name": "TASKRAFT_CLUSTER_SECRET_FILE",
+            "value": f"{CREDENTIALS_MOUNT_PATH}/{CLUSTER_SECRET_KEY}",
+        },
     ]
+    if desired.authentication:
+        environment.append(
+            {
+                "name": "TASKRAFT_AUTH_TOKEN_FILE",
+                "value": f"{CREDENTIALS_MOUNT_PATH}/{TOKEN_FILE_KEY}",
+            }
+        )
+    environment.extend(_tls_environment(desired))
     resources: dict[str, Any] = {}
     if desired.resources.requests:
         resources["requests"] = dict(desired.resources.requests)
@@ -1933,14 +2003,16 @@ def _node_container(desired: DesiredSpec) -> dict[str, Any]:
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
         # A node replaying a long log does not serve HTTP yet: up to 10 minutes to start.
-        "startupProbe": _probe("/healthz", period_s=5, failures=120),
-        "livenessProbe": _probe("/healthz", period_s=10, failures=6),
-        "readinessProbe": _probe("/readyz", period_s=5, failures=2),
+        "startupProbe": _probe(desired, "/healthz", period_s=5, failures=120),
+        "livenessProbe": _probe(desired, "/healthz", period_s=10, failures=6),
+        "readinessProbe": _probe(desired, "/readyz", period_s=5, failures=2),
         "resources": resources,
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT_PATH},
             {"name": "config", "mountPath": CONFIG_MOUNT_PATH, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "credentials", "mountPath": CREDENTIALS_MOUNT_PATH, "readOnly": True},
+            *_tls_mounts(desired),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -1951,13 +2023,69 @@ def _node_container(desired: DesiredSpec) -> dict[str, Any]:
     }
 
 
-def _probe(path: str, *, period_s: int, failures: int) -> dict[str, Any]:
+def _probe(desired: DesiredSpec, path: str, *, period_s: int, failures: int) -> dict[str, Any]:
+    # Under TLS the kubelet probes over HTTPS (it does not verify the certificate).
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": "http", "scheme": http_scheme(desired).upper()},
         "periodSeconds": period_s,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
     }
+
+
+def credentials_secret_name(cluster: str) -> str:
+    """The Secret of the cluster's generated tokens and cluster secret (made by the handler,
+    never by the planner: its content is random)."""
+    return f"{cluster}-credentials"
+
+
+def http_scheme(desired: DesiredSpec) -> str:
+    return "https" if desired.tls_secret_name is not None else "http"
+
+
+def _credentials_volume(desired: DesiredSpec) -> dict[str, Any]:
+    keys = [CLUSTER_SECRET_KEY] + ([TOKEN_FILE_KEY] if desired.authentication else [])
+    return {
+        "name": "credentials",
+        "secret": {
+            "secretName": credentials_secret_name(desired.name),
+            "defaultMode": SECRET_FILE_MODE,
+            # Only what the node reads: the tokens alone stay out of the pod.
+            "items": [{"key": key, "path": key} for key in keys],
+        },
+    }
+
+
+def _tls_volumes(desired: DesiredSpec) -> list[dict[str, Any]]:
+    if desired.tls_secret_name is None:
+        return []
+    keys = (TLS_CERTIFICATE_KEY, TLS_KEY_KEY, TLS_AUTHORITY_KEY)
+    return [
+        {
+            "name": "tls",
+            "secret": {
+                "secretName": desired.tls_secret_name,
+                "defaultMode": SECRET_FILE_MODE,
+                "items": [{"key": key, "path": key} for key in keys],
+            },
+        }
+    ]
+
+
+def _tls_mounts(desired: DesiredSpec) -> list[dict[str, Any]]:
+    if desired.tls_secret_name is None:
+        return []
+    return [{"name": "tls", "mountPath": TLS_MOUNT_PATH, "readOnly": True}]
+
+
+def _tls_environment(desired: DesiredSpec) -> list[dict[str, Any]]:
+    if desired.tls_secret_name is None:
+        return []
+    return [
+        {"name": "TASKRAFT_TLS_CERT", "value": f"{TLS_MOUNT_PATH}/{TLS_CERTIFICATE_KEY}"},
+        {"name": "TASKRAFT_TLS_KEY", "value": f"{TLS_MOUNT_PATH}/{TLS_KEY_KEY}"},
+        {"name": "TASKRAFT_TLS_CA", "value": f"{TLS_MOUNT_PATH}/{TLS_AUTHORITY_KEY}"},
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

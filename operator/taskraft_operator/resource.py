@@ -158,6 +158,8 @@ def desired_spec_from_body(body: Mapping[str, Any]) -> DesiredSpec:
     retention = reader.mapping(spec.get("pvcRetention"), "spec.pvcRetention")
     snapshots = reader.mapping(spec.get("snapshots"), "spec.snapshots")
     backup = reader.mapping(spec.get("backup"), "spec.backup")
+    authentication = reader.mapping(spec.get("authentication"), "spec.authentication")
+    tls = reader.mapping(spec.get("tls"), "spec.tls")
     defaults = DesiredSpec(name="", namespace="", image="", version="")
 
     desired = DesiredSpec(
@@ -234,6 +236,16 @@ def desired_spec_from_body(body: Mapping[str, Any]) -> DesiredSpec:
             default=defaults.step_timeout_s,
         ),
         backup_claim_name=reader.optional_text(backup.get("claimName"), "spec.backup.claimName"),
+        authentication=reader.boolean(
+            authentication.get("enabled"),
+            "spec.authentication.enabled",
+            default=defaults.authentication,
+        ),
+        tls_secret_name=(
+            reader.text(tls.get("secretName"), "spec.tls.secretName", required=True)
+            if spec.get("tls") is not None
+            else None
+        ),
     )
     reader.raise_problems()
     return desired
@@ -370,6 +382,14 @@ class _Reader:
             else:
                 self.problem(f"{path}.{key}", "text, an integer or a boolean", item)
         return result
+
+    def boolean(self, value: object, path: str, *, default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problem(path, "a boolean", value)
+            return default
+        return value
 
     def flag(self, value: object, annotation: str) -> bool:
         """A boolean annotation: "true" or "false" (any case); absent or empty is false. A typo

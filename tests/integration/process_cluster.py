@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +21,7 @@ import pytest
 
 from taskraft.client import AsyncClient, Client, QueueCounts, Task
 from taskraft.local_cluster import LocalCluster, free_base_port, wait_until
+from taskraft.tls import TlsFiles
 
 # Every wait of the integration tests: generous, because another job may share the 2 cores.
 DEADLINE_S = 30.0
@@ -54,6 +57,7 @@ class ClusterFactory:
         *,
         extra_arguments: Sequence[str] = (),
         tick_interval_ms: int = TICK_INTERVAL_MS,
+        tls: TlsFiles | None = None,
     ) -> LocalCluster:
         """A running cluster with a leader and every node ready.
 
@@ -73,6 +77,7 @@ class ClusterFactory:
                     str(SHUTDOWN_TIMEOUT_MS),
                     *extra_arguments,
                 ],
+                tls=tls,
             )
             self.started.append(cluster)
             cluster.start()
@@ -98,6 +103,24 @@ def _leader_or_exit(cluster: LocalCluster) -> str | None:
 
 
 # -- observation ----------------------------------------------------------------------------
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+def metric(cluster: LocalCluster, node_id: str, name: str, **labels: str) -> float:
+    """The value of one sample of the node's /metrics (0 when absent)."""
+    url = cluster.http_url(node_id, "/metrics")
+    with urllib.request.urlopen(url, timeout=5, context=cluster.http_tls) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match["name"] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+        if found == labels:
+            return float(match["value"])
+    return 0.0
 
 
 def followers(cluster: LocalCluster, leader: str) -> list[str]:

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import socket
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from process_cluster import (
     ClusterFactory,
     client,
     free_base_port,
+    metric,
     wait_caught_up,
     wait_until,
 )
@@ -59,9 +58,6 @@ from taskraft.raft import NodeId, ReadIndexRequest, Term
 
 pytestmark = pytest.mark.timeout(180)
 
-_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-
-
 def write_secret(path: Path, secret: str | None = None) -> Path:
     path.write_text((secret or secrets.token_urlsafe(48)) + "\n")
     path.chmod(0o600)
@@ -70,21 +66,6 @@ def write_secret(path: Path, secret: str | None = None) -> Path:
 
 def secret_of(path: Path) -> bytes:
     return path.read_bytes().strip()
-
-
-def metric(cluster: LocalCluster, node_id: str, name: str, **labels: str) -> float:
-    """The value of one sample of the node's /metrics (0 when absent)."""
-    url = f"http://{cluster.node(node_id).http_address}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or match["name"] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
-        if found == labels:
-            return float(match["value"])
-    return 0.0
 
 
 def refused(cluster: LocalCluster, node_id: str, reason: str, side: str = "incoming") -> float:

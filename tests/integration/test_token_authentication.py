@@ -15,7 +15,9 @@ What is proven, against one single-node cluster started once for the module with
 
 Other nodes, each started for its test: one without `--auth-token-file`, which logs a warning and
 serves everyone as before; one with a malformed file, which refuses to start naming the line; one
-with `--metrics-require-token`.
+with `--metrics-require-token`; one with `--requests-per-token-max 2`, where a token's third
+waiting dequeue (across connections) is answered `overloaded` on a connection that stays open,
+another token is served, and `/metrics` shows the rejection and the in-flight gauge by token name.
 
 How: `LocalCluster` processes on free ports, the client protocol through `ClientConnection` over
 plain sockets, HTTP through `urllib`, and every wait on a condition with a deadline.
@@ -36,7 +38,7 @@ from typing import Any
 import pytest
 from process_cluster import CLUSTERS_KEY, DEADLINE_S, SHUTDOWN_TIMEOUT_MS, TICK_INTERVAL_MS
 
-from taskraft.errors import Forbidden, Unauthenticated
+from taskraft.errors import Forbidden, Overloaded, Unauthenticated
 from taskraft.local_cluster import LocalCluster, free_base_port, wait_until
 from taskraft.protocol import (
     Ack,
@@ -599,4 +601,96 @@ def test_metrics_require_token_closes_metrics_to_callers_without_one(
         assert http("GET", address, "/healthz").status == 200
         assert http("GET", address, "/readyz").status == 200
     finally:
+        assert cluster.stop() == {"n1": 0}
+
+
+# -- the per-token concurrency limit -----------------------------------------------------------
+
+# Far longer than the test: these dequeues end when a task comes.
+LONG_WAIT_MS = 60_000
+
+
+def token_metric(address: str, name: str, token_name: str) -> float | None:
+    """The sample of `name{token="token_name"}` in the node's /metrics, or None without one."""
+    answer = http("GET", address, "/metrics")
+    assert answer.status == 200, answer.body
+    pattern = rf'^{name}{{token="{re.escape(token_name)}"}} (\S+)$'
+    match = re.search(pattern, answer.body.decode(), flags=re.MULTILINE)
+    return None if match is None else float(match.group(1))
+
+
+def test_requests_per_token_max_refuses_a_third_waiting_dequeue_of_one_token(
+    tmp_path: Path, clusters_for_report: list[LocalCluster]
+) -> None:
+    token_file = tmp_path / "tokens"
+    token_file.write_text(token_file_text(OLD_ROTATING_TOKEN))
+    cluster = start_cluster(
+        tmp_path / "limited",
+        "--auth-token-file",
+        str(token_file),
+        "--requests-per-token-max",
+        "2",
+        http_token=TOKENS["read"],
+    )
+    clusters_for_report.append(cluster)
+    connections: list[RawConnection] = []
+    try:
+        wait_serving(cluster)
+        address = cluster.servers[0]
+        http_address = cluster.node("n1").http_address
+        # `operator` (the admin token) is another name, with its own count.
+        other = connect(address, TOKENS["admin"])
+        connections.append(other)
+        assert other.call(CreateQueue(queue="limited")).error is None
+        # `worker` (the client token): two waiting dequeues on two connections reach the limit.
+        waiting: list[tuple[RawConnection, int]] = []
+        for _ in range(2):
+            worker = connect(address, TOKENS["client"])
+            connections.append(worker)
+            request_id = worker.connection.send_request(
+                Dequeue(queue="limited", wait_ms=LONG_WAIT_MS)
+            )
+            worker.flush()
+            waiting.append((worker, request_id))
+
+        def worker_in_flight() -> float | None:
+            return token_metric(http_address, "taskraft_token_requests_in_flight", "worker")
+
+        wait_until(lambda: worker_in_flight() == 2, "two requests of worker in flight", DEADLINE_S)
+        # A third, on a third connection, is refused at once, naming no token.
+        third = connect(address, TOKENS["client"])
+        connections.append(third)
+        refused = third.call(Dequeue(queue="limited", wait_ms=LONG_WAIT_MS)).error
+        assert isinstance(refused, Overloaded), refused
+        assert "concurrency limit of this token" in refused.message
+        for name in ("worker", "operator", "reader", "rotating"):
+            assert name not in refused.message
+        rejections = "taskraft_token_limit_rejections_total"
+        assert token_metric(http_address, rejections, "worker") == 1
+        # The other token is served meanwhile; its two tasks end the two waits.
+        for payload in (b"one", b"two"):
+            enqueued = other.call(Enqueue(queue="limited", payload=payload, priority=0))
+            assert enqueued.error is None, enqueued
+        for worker, request_id in waiting:
+            event = worker.next_event()
+            assert isinstance(event, Response) and event.request_id == request_id, event
+            assert isinstance(event.result, DeliveredTask), event
+        wait_until(lambda: worker_in_flight() == 0, "no request of worker in flight", DEADLINE_S)
+        assert token_metric(http_address, "taskraft_token_requests_in_flight", "operator") == 0
+        assert token_metric(http_address, rejections, "worker") == 1
+        assert token_metric(http_address, rejections, "operator") in (None, 0)
+        # The refused connection stayed open and is served.
+        assert third.call(Count(queue="limited")).error is None
+        # The other bounds of the client port that bite have their counters too.
+        exposition = http("GET", http_address, "/metrics").body.decode()
+        for counter in (
+            "taskraft_client_connections_refused_total 0.0",
+            "taskraft_client_requests_rejected_total 0.0",
+            "taskraft_client_handshake_timeouts_total 0.0",
+            "taskraft_long_polls_refused_total 0.0",
+        ):
+            assert f"\n{counter}\n" in exposition, counter
+    finally:
+        for connection in connections:
+            connection.close()
         assert cluster.stop() == {"n1": 0}

@@ -35,6 +35,7 @@ import attrs
 import kmock
 
 from taskraft.local_cluster import LocalCluster, LocalNode, free_base_port, free_port
+from taskraft.tls import TlsFiles, client_context
 from taskraft_operator.model import content_hash, pod_name, pvc_name
 from taskraft_operator.observe import (
     PODS,
@@ -212,6 +213,23 @@ class PodNodes:
     def node(self, ordinal: int) -> LocalNode:
         return self.local.layout[ordinal]
 
+    def secure(
+        self,
+        *,
+        tls: TlsFiles | None,
+        token_file: Path | None,
+        cluster_secret_file: Path,
+        admin_token: str | None,
+    ) -> None:
+        """Start the nodes from now on as the pods of a secured cluster: with the files the
+        operator's Secrets hold (the test writes them, as the kubelet would mount them)."""
+        self.local.tls = tls
+        self.local.http_tls = None if tls is None else client_context(tls.authority)
+        self.local.http_token = admin_token
+        self.local.extra_arguments += ["--cluster-secret-file", str(cluster_secret_file)]
+        if token_file is not None:
+            self.local.extra_arguments += ["--auth-token-file", str(token_file)]
+
     def start(self, pod: str) -> None:
         if not self.local.is_running(pod):
             self.local.directory.mkdir(parents=True, exist_ok=True)
@@ -238,10 +256,11 @@ class PodNodes:
             return False
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        address = self.local.node(pod).http_address
         try:
             async with self._session.get(
-                f"http://{address}/readyz", timeout=aiohttp.ClientTimeout(total=1.0)
+                self.local.http_url(pod, "/readyz"),
+                timeout=aiohttp.ClientTimeout(total=1.0),
+                ssl=True if self.local.http_tls is None else self.local.http_tls,
             ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):

@@ -3,11 +3,14 @@ the Job's inline download script run against a real `taskraft serve`."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import subprocess
 import sys
 import urllib.request
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ from planner_scenarios import (
 )
 from test_crd import KUBERNETES_VERSION, queue_cluster, status_errors
 
+from taskraft.certificates import CertificateAuthority
 from taskraft.local_cluster import LocalCluster
+from taskraft.tls import TlsFiles
 from taskraft_operator import resource
 from taskraft_operator.model import (
     BackupRecord,
@@ -310,6 +315,82 @@ def test_the_job_script_downloads_and_verifies_a_real_snapshot(tmp_path: Path) -
         )
     }
     assert f"index {index}" in result.stdout
+
+
+def test_the_job_of_a_secured_cluster_sends_the_admin_token_and_trusts_its_authority() -> None:
+    desired = desired_spec(backup_claim_name=CLAIM, tls_secret_name="qc-tls")
+    job = backup_job_manifest(desired, pod="qc-1", index=42)
+    kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][3] == "https://qc-1.qc-peers.queues.svc:7102/v1/snapshot"
+    environment = {variable["name"]: variable for variable in container["env"]}
+    assert environment["TASKRAFT_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "qc-credentials", "key": "admin-token"}
+    }
+    assert environment["TASKRAFT_TLS_CA"]["value"] == "/etc/taskraft-tls/ca.crt"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    # The authority only: the Job never holds the nodes' private key.
+    assert volumes["tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    open_job = backup_job_manifest(
+        replace(desired, authentication=False, tls_secret_name=None), pod="qc-1", index=42
+    )
+    open_container = open_job["spec"]["template"]["spec"]["containers"][0]
+    assert open_container["command"][3].startswith("http://")
+    assert [variable["name"] for variable in open_container["env"]] == ["PYTHONDONTWRITEBYTECODE"]
+
+
+def test_the_job_script_downloads_over_tls_with_the_admin_token(tmp_path: Path) -> None:
+    authority = CertificateAuthority.create(tmp_path / "pki", "ca", "backup-test-ca")
+    node = authority.issue(
+        tmp_path / "pki",
+        "node",
+        common_name="node",
+        client=True,
+        server=True,
+        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"),),
+    )
+    admin_token = "backup-admin-" + "a" * 32
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"operator admin {admin_token}\napplications client {'c' * 40}\n")
+    script = manifest()["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    with LocalCluster(
+        1,
+        base_port=free_base_port(1),
+        data_directory=tmp_path / "node",
+        tick_interval_ms=30,
+        tls=TlsFiles(node.certificate, node.private_key, authority.files.certificate),
+        extra_arguments=["--auth-token-file", str(tokens)],
+        http_token=admin_token,
+    ) as cluster:
+        cluster.start()
+        cluster.wait_ready(timeout_s=30)
+        url = cluster.http_url(cluster.node_ids[0], "/v1/snapshot")
+        assert url.startswith("https://")
+        backup = tmp_path / "backup"
+        backup.mkdir()
+
+        def run(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-c", script, url, str(backup), "qc"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={"PATH": os.environ.get("PATH", ""), **environment},
+            )
+
+        trusted = str(authority.files.certificate)
+        refused = run({"TASKRAFT_TLS_CA": trusted})
+        assert refused.returncode != 0 and "401" in refused.stderr
+        wrong = run({"TASKRAFT_TLS_CA": trusted, "TASKRAFT_TOKEN": "applications-" + "c" * 40})
+        assert wrong.returncode != 0
+        distrustful = run({"TASKRAFT_TOKEN": admin_token})
+        assert distrustful.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in distrustful.stderr
+        assert list(backup.iterdir()) == []
+        done = run({"TASKRAFT_TLS_CA": trusted, "TASKRAFT_TOKEN": admin_token})
+        assert done.returncode == 0, done.stderr
+    assert sorted(path.suffix for path in backup.iterdir()) == [".json", ".snapshot"]
 
 
 def test_the_job_script_fails_without_leaving_a_file(tmp_path: Path) -> None:

@@ -63,6 +63,8 @@ REQUIRED_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("batch", "jobs"): {"list", "create", "patch"},
     # kopf's and the handlers' events.
     ("", "events"): {"create"},
+    # credentials.py: the credentials Secret, generated once, and the TLS Secret, by name.
+    ("", "secrets"): {"get", "create"},
 }
 # Cluster-wide mode only: kopf notices CRDs appearing or changing.
 CLUSTER_PERMISSIONS: dict[tuple[str, str], set[str]] = {
@@ -314,13 +316,17 @@ def test_namespaced_mode_grants_a_role_in_each_watched_namespace_only() -> None:
 
 
 @needs_helm
-def test_no_rule_uses_wildcards_or_touches_secrets() -> None:
+def test_no_rule_uses_wildcards_and_secrets_are_only_read_by_name_and_created() -> None:
     for values in VALUE_SETS.values():
         for document in render(values):
             for rule in document.get("rules", ()):
                 for key in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[key], rule
-                assert "secrets" not in rule["resources"], rule
+                if "secrets" in rule["resources"]:
+                    # Never list or watch (every Secret of a namespace), change or delete.
+                    assert rule["resources"] == ["secrets"], rule
+                    assert set(rule["verbs"]) == {"get", "create"}, rule
+                    assert document["metadata"]["name"] == FULLNAME, rule
                 assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
 

@@ -260,10 +260,21 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json_schema_of(crd_schema()), format_checker=_FORMATS)
 
 
-def validate_object(document: Mapping[str, Any], crd: Mapping[str, Any] | None = None) -> list[str]:
-    """The API server's verdict on creating `document`: empty when it would be stored."""
+def validate_object(
+    document: Mapping[str, Any],
+    crd: Mapping[str, Any] | None = None,
+    *,
+    old: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The API server's verdict on creating `document` (or, with `old`, on updating `old` to
+    it): empty when it would be stored. Transition rules (those that read `oldSelf`) are
+    evaluated only on an update, where the value exists in both, as the API server does."""
     schema = crd_schema(crd)
     defaulted = apply_defaults(schema, copy.deepcopy(dict(document)))
+    old_values: dict[str, Any] = {}
+    if old is not None:
+        old_defaulted = apply_defaults(schema, copy.deepcopy(dict(old)))
+        old_values = {path: value for path, _, value in walk_values(schema, old_defaulted)}
     validator = (
         _validator()
         if crd is None
@@ -283,7 +294,12 @@ def validate_object(document: Mapping[str, Any], crd: Mapping[str, Any] | None =
             if len(seen) != len(set(seen)):
                 errors.append(f"{path}: duplicate entries for key {keys}")
         for validation in node_schema.get("x-kubernetes-validations", ()):
-            result = cel_program(validation["rule"]).evaluate({"self": celpy.json_to_cel(value)})
+            activation = {"self": celpy.json_to_cel(value)}
+            if "oldSelf" in validation["rule"]:
+                if path not in old_values:
+                    continue
+                activation["oldSelf"] = celpy.json_to_cel(old_values[path])
+            result = cel_program(validation["rule"]).evaluate(activation)
             if not isinstance(result, celpy.celtypes.BoolType) or not result:
                 errors.append(f"{path}: {validation['message']}")
     return errors
@@ -1183,3 +1199,33 @@ def test_every_status_of_a_cluster_life_is_accepted() -> None:
     assert any(document["lastSnapshot"] for _, document in documents)
     for phase, document in documents:
         assert status_errors(document) == [], phase
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials and TLS
+
+
+def test_authentication_is_on_by_default_and_tls_names_a_secret() -> None:
+    assert validate_object(queue_cluster()) == []
+    desired = resource.desired_spec_from_body(queue_cluster())
+    assert desired.authentication is True and desired.tls_secret_name is None
+    secured = queue_cluster(authentication={"enabled": False}, tls={"secretName": "jobs-tls"})
+    assert validate_object(secured) == []
+    desired = resource.desired_spec_from_body(secured)
+    assert desired.authentication is False and desired.tls_secret_name == "jobs-tls"
+    assert any("secretName" in error for error in validate_object(queue_cluster(tls={})))
+    assert validate_object(queue_cluster(tls={"secretName": "Not_A_Name"})) != []
+    with pytest.raises(resource.SpecError, match=r"spec\.authentication\.enabled"):
+        resource.desired_spec_from_body(queue_cluster(authentication={"enabled": "yes"}))
+
+
+def test_tls_cannot_be_added_to_or_removed_from_an_existing_cluster() -> None:
+    plain = queue_cluster()
+    secured = queue_cluster(tls={"secretName": "jobs-tls"})
+    message = "spec.tls cannot be added to or removed from an existing cluster"
+    assert any(message in error for error in validate_object(secured, old=plain))
+    assert any(message in error for error in validate_object(plain, old=secured))
+    # Another Secret (the same authority, say) is fine, and so is any other change.
+    renamed = queue_cluster(tls={"secretName": "jobs-tls-2"})
+    assert validate_object(renamed, old=secured) == []
+    assert validate_object(queue_cluster(replicas=5), old=plain) == []

@@ -9,6 +9,8 @@ login, events and status) against the emulated API.
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from operator_support import (
@@ -33,9 +36,13 @@ from operator_support import (
 )
 from prometheus_client import REGISTRY
 
+from taskraft.certificates import CertificateAuthority
 from taskraft.client import AsyncClient
+from taskraft.errors import Unauthenticated
+from taskraft.tls import TlsFiles, client_context
 from taskraft_operator import metrics
 from taskraft_operator.actions import ActionContext, carry_out
+from taskraft_operator.credentials import secret_text
 from taskraft_operator.handlers import ClusterMemory, OperatorConfig, reconcile, register
 from taskraft_operator.model import (
     DesiredSpec,
@@ -50,6 +57,7 @@ from taskraft_operator.observe import (
     PODS,
     PVCS,
     QUEUE_CLUSTERS,
+    SECRETS,
     SERVICES,
     STATEFUL_SETS,
     ApiResource,
@@ -634,3 +642,148 @@ def test_a_cluster_forms_scales_up_through_the_nodes_api_and_snapshots(tmp_path:
                 await nodes.close()
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials and TLS
+
+
+def write_secret_files(secret: dict[str, Any], directory: Path) -> dict[str, Path]:
+    """The keys of a Secret as files, as the kubelet mounts a Secret volume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for key in secret["data"]:
+        text = secret_text(secret, key)
+        assert text is not None, key
+        path = directory / key
+        path.write_text(text)
+        path.chmod(0o600)
+        files[key] = path
+    return files
+
+
+def tls_secret(directory: Path) -> dict[str, Any]:
+    """What cert-manager would write for the nodes: tls.crt, tls.key and ca.crt."""
+    authority = CertificateAuthority.create(directory, "ca", "qc-test-ca")
+    node = authority.issue(
+        directory,
+        "node",
+        common_name="qc",
+        client=True,
+        server=True,
+        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"),),
+    )
+    contents = {
+        "tls.crt": node.certificate.read_bytes(),
+        "tls.key": node.private_key.read_bytes(),
+        "ca.crt": authority.files.certificate.read_bytes(),
+    }
+    return {
+        "metadata": {"name": "qc-tls"},
+        "type": "kubernetes.io/tls",
+        "data": {key: base64.b64encode(value).decode() for key, value in contents.items()},
+    }
+
+
+def test_a_secured_cluster_gets_credentials_and_is_reached_with_them(tmp_path: Path) -> None:
+    """Authentication (the default) and spec.tls: the operator makes the credentials Secret
+    once, waits for the TLS Secret, then forms the cluster and creates its queues over TLS
+    with its admin token; applications use the client token, nobody gets in without one."""
+
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            nodes = PodNodes(tmp_path / "nodes", cluster=CLUSTER, founders=3, capacity=3)
+            try:
+                owner = await api.create(
+                    QUEUE_CLUSTERS,
+                    NAMESPACE,
+                    queue_cluster(
+                        queues=[{"name": "jobs"}], spec={"tls": {"secretName": "qc-tls"}}
+                    ),
+                )
+                driver = Driver(api, http, nodes)
+                # No TLS Secret yet: reported, nothing else is created.
+                assert await driver.step() is None
+                assert await driver.step() is None
+                assert await owned_objects(api) == {}
+                status = status_from_dict((await get_cluster(api))["status"])
+                progressing = status.condition("Progressing")
+                assert progressing is not None
+                assert progressing.reason == "CredentialsUnavailable"
+                assert "qc-tls" in progressing.message
+                assert driver.events.reasons() == ["CredentialsCreated", "CredentialsUnavailable"]
+                # The credentials were made once, owned by the cluster.
+                credentials = await api.get(SECRETS, NAMESPACE, f"{CLUSTER}-credentials")
+                assert credentials is not None
+                assert_owned_by_without_hash(credentials, owner)
+                assert set(credentials["data"]) == {
+                    "admin-token",
+                    "client-token",
+                    "read-token",
+                    "tokens",
+                    "cluster-secret",
+                }
+                tokens_file = secret_text(credentials, "tokens")
+                admin_token = secret_text(credentials, "admin-token")
+                client_token = secret_text(credentials, "client-token")
+                assert tokens_file is not None and admin_token and client_token
+                assert f"operator admin {admin_token}" in tokens_file
+                assert f"applications client {client_token}" in tokens_file
+
+                await api.create(SECRETS, NAMESPACE, tls_secret(tmp_path / "pki"))
+                mounted = write_secret_files(credentials, tmp_path / "credentials")
+                tls_files = write_secret_files(
+                    await api.get(SECRETS, NAMESPACE, "qc-tls") or {}, tmp_path / "tls"
+                )
+                tls = TlsFiles(tls_files["tls.crt"], tls_files["tls.key"], tls_files["ca.crt"])
+                nodes.secure(
+                    tls=tls,
+                    token_file=mounted["tokens"],
+                    cluster_secret_file=mounted["cluster-secret"],
+                    admin_token=admin_token,
+                )
+                plan = await driver.until(
+                    lambda plan: available(plan) and len(voters(plan)) == 3,
+                    "three voters and a leader, under TLS and tokens",
+                )
+                assert plan.status.leader is not None
+                assert all(member.ready for member in plan.status.members)
+                await driver.until(
+                    lambda _: "QueueCreated" in driver.events.reasons(), "the declared queue"
+                )
+                assert driver.events.reasons().count("CredentialsCreated") == 1
+                # Nothing was generated again.
+                again = await api.get(SECRETS, NAMESPACE, f"{CLUSTER}-credentials")
+                assert again is not None and again["data"] == credentials["data"]
+
+                servers = nodes.endpoints().client(CLUSTER, NAMESPACE)
+                trusted = client_context(tls.authority)
+                async with AsyncClient(servers, token=client_token, tls=trusted) as client:
+                    await client.enqueue("jobs", b"with the client token")
+                    assert (await client.count("jobs")).ready == 1
+                async with AsyncClient(servers, tls=trusted, request_timeout_s=5) as client:
+                    with pytest.raises(Unauthenticated):
+                        await client.count("jobs")
+                # The pod template points the node at both Secrets.
+                stateful_set = await api.get(STATEFUL_SETS, NAMESPACE, CLUSTER)
+                assert stateful_set is not None
+                pod = stateful_set["spec"]["template"]["spec"]
+                secrets_mounted = {
+                    volume["secret"]["secretName"]
+                    for volume in pod["volumes"]
+                    if "secret" in volume
+                }
+                assert secrets_mounted == {f"{CLUSTER}-credentials", "qc-tls"}
+            finally:
+                await api.close()
+                await http.close()
+                await nodes.close()
+
+    run(scenario())
+
+
+def assert_owned_by_without_hash(body: dict[str, Any], owner: dict[str, Any]) -> None:
+    assert body["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    assert body["metadata"]["ownerReferences"][0]["controller"] is True
+    assert body["metadata"]["labels"]["app.kubernetes.io/instance"] == CLUSTER

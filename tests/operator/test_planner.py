@@ -36,6 +36,7 @@ from taskraft.cli.serve import settings_from_configuration
 from taskraft.server.configuration import resolve
 from taskraft_operator.model import (
     ClusterStatus,
+    DesiredSpec,
     NodeStatus,
     ObservedState,
     PvcRetention,
@@ -729,8 +730,16 @@ def test_statefulset_manifest() -> None:
     pod = spec["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 50
     container = pod["containers"][0]
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "http",
+        "scheme": "HTTP",
+    }
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "http",
+        "scheme": "HTTP",
+    }
     annotations = spec["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "7102"
@@ -743,6 +752,58 @@ def test_statefulset_manifest() -> None:
     assert (
         other["metadata"]["annotations"][hash_key] == manifest["metadata"]["annotations"][hash_key]
     )
+
+
+def test_pods_mount_the_credentials_and_point_the_node_at_them() -> None:
+    desired = desired_spec()
+    pod = statefulset_manifest(desired, replicas=3, storage=desired.storage)["spec"]["template"]
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert volumes["credentials"]["secret"] == {
+        "secretName": "qc-credentials",
+        "defaultMode": 0o440,
+        # Only what the node reads: the tokens alone stay out of the pod.
+        "items": [
+            {"key": "cluster-secret", "path": "cluster-secret"},
+            {"key": "tokens", "path": "tokens"},
+        ],
+    }
+    assert "tls" not in volumes
+    environment = _pod_environment(pod_template_manifest(desired), "qc-0")
+    assert environment["TASKRAFT_CLUSTER_SECRET_FILE"] == "/etc/taskraft-credentials/cluster-secret"
+    assert environment["TASKRAFT_AUTH_TOKEN_FILE"] == "/etc/taskraft-credentials/tokens"
+    assert not any(name.startswith("TASKRAFT_TLS_") for name in environment)
+    # Without authentication the cluster secret stays, the token file goes.
+    open_cluster = replace(desired, authentication=False)
+    environment = _pod_environment(pod_template_manifest(open_cluster), "qc-0")
+    assert "TASKRAFT_AUTH_TOKEN_FILE" not in environment
+    assert "TASKRAFT_CLUSTER_SECRET_FILE" in environment
+
+
+def test_pods_of_a_tls_cluster_mount_its_secret_and_probe_over_https() -> None:
+    desired = desired_spec(tls_secret_name="qc-tls")
+    manifest = pod_template_manifest(desired)
+    pod = manifest["spec"]["template"]
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "qc-tls"
+    assert [item["key"] for item in volumes["tls"]["secret"]["items"]] == [
+        "tls.crt",
+        "tls.key",
+        "ca.crt",
+    ]
+    (container,) = pod["spec"]["containers"]
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/taskraft-tls", "readOnly": True}
+    environment = _pod_environment(manifest, "qc-0")
+    assert environment["TASKRAFT_TLS_CERT"] == "/etc/taskraft-tls/tls.crt"
+    assert environment["TASKRAFT_TLS_KEY"] == "/etc/taskraft-tls/tls.key"
+    assert environment["TASKRAFT_TLS_CA"] == "/etc/taskraft-tls/ca.crt"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https"
+
+
+def pod_template_manifest(desired: DesiredSpec) -> dict[str, Any]:
+    return statefulset_manifest(desired, replicas=3, storage=desired.storage)
 
 
 def _pod_environment(manifest: dict[str, Any], pod: str) -> dict[str, str]:

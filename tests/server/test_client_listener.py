@@ -265,6 +265,7 @@ def test_a_client_that_never_sends_is_closed_after_the_handshake_deadline(
         event = probe.next_event()
         assert isinstance(event, ProtocolFailure) and event.reported_by_peer
         assert "handshake" in event.error.message
+        assert listener.handshake_timeouts == 1
         writer.close()
         # A client that does handshake stays.
         client = await Client.connect(listener)

@@ -297,6 +297,7 @@ def test_dequeues_waiting_beyond_the_bound_are_told_overloaded(tmp_path: Path) -
         await wait_for(lambda: listener.long_polls_waiting == 2, "two waiting dequeues")
         with pytest.raises(Overloaded):
             await worker.call(Dequeue(queue="default", wait_ms=5_000))
+        assert listener.long_polls_refused == 1
         # A dequeue that does not wait is still served.
         assert await worker.call(Dequeue(queue="default")) is None
         await worker.call(Enqueue(queue="default", payload=b"one", priority=0))

@@ -282,6 +282,7 @@ def test_every_serve_flag_has_an_environment_variable(
         "TASKRAFT_SNAPSHOT_INTERVAL_ENTRIES": "500",
         "TASKRAFT_CONNECTIONS_MAX": "7",
         "TASKRAFT_CLIENT_HANDSHAKE_TIMEOUT_MS": "2500",
+        "TASKRAFT_REQUESTS_PER_TOKEN_MAX": "40",
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
@@ -297,6 +298,7 @@ def test_every_serve_flag_has_an_environment_variable(
     assert settings.replica.snapshot_interval_entries == 500
     assert settings.connections_max == 7
     assert settings.client_handshake_timeout_s == 2.5
+    assert settings.requests_per_token_max == 40
     # A flag on the command line wins over the environment.
     flagged = settings_from_arguments(build_parser().parse_args(["serve", "--node-id", "n1"]))
     assert flagged.node_id == "n1"

@@ -85,6 +85,11 @@ tests/operator/test_chart.py holds the same table: change the three together.
 - apiGroups: [""]
   resources: ["pods", "persistentvolumeclaims"]
   verbs: ["list", "delete"]
+# The credentials Secret it generates once per QueueCluster, and the TLS Secret of spec.tls:
+# read by name and created, never listed, watched, changed or deleted.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -16,6 +16,10 @@ Exit statuses, the same for every command:
 
 A cluster that requires tokens gets the one of `--token`, else of `$TASKRAFT_TOKEN` (the
 variable is the better choice: a flag shows in the process list). The token is never printed.
+A cluster that serves TLS is reached with `--tls-ca` (else `$TASKRAFT_TLS_CA`), the authority
+its certificates come from, and, when a client certificate is wanted, `--tls-cert` and
+`--tls-key` (else `$TASKRAFT_TLS_CERT` and `$TASKRAFT_TLS_KEY`: the same variables
+`taskraft serve` reads, so a command run beside a node reaches it as the node's peers do).
 - 2 (`EXIT_USAGE`): bad command line (argparse's own status), including a bad `--servers` or
   `TASKRAFT_SERVERS`.
 - 3 (`EXIT_NO_TASK`): `dequeue` or `dequeue-many` found no task (within `--wait-ms`), so a
@@ -30,6 +34,7 @@ import asyncio
 import base64
 import json
 import os
+import ssl
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -41,6 +46,7 @@ from taskraft.client import AsyncClient, QueueDescription, Task
 from taskraft.errors import Forbidden, TaskraftError, Unauthenticated
 from taskraft.protocol import NodeStatus
 from taskraft.protocol.exceptions import ProtocolError
+from taskraft.tls import client_context
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -53,6 +59,9 @@ EXIT_INTERRUPTED = 130
 
 SERVERS_ENVIRONMENT_VARIABLE = "TASKRAFT_SERVERS"
 TOKEN_ENVIRONMENT_VARIABLE = "TASKRAFT_TOKEN"
+TLS_AUTHORITY_ENVIRONMENT_VARIABLE = "TASKRAFT_TLS_CA"
+TLS_CERTIFICATE_ENVIRONMENT_VARIABLE = "TASKRAFT_TLS_CERT"
+TLS_KEY_ENVIRONMENT_VARIABLE = "TASKRAFT_TLS_KEY"
 DEFAULT_SERVERS = "127.0.0.1:7100"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -153,6 +162,17 @@ def _client_options() -> argparse.ArgumentParser:
             f"${TOKEN_ENVIRONMENT_VARIABLE}, which keeps it out of the process list)"
         ),
     )
+    for flag, variable, what in (
+        ("--tls-ca", TLS_AUTHORITY_ENVIRONMENT_VARIABLE, "the authority (PEM) to trust"),
+        ("--tls-cert", TLS_CERTIFICATE_ENVIRONMENT_VARIABLE, "a client certificate (PEM)"),
+        ("--tls-key", TLS_KEY_ENVIRONMENT_VARIABLE, "the key of --tls-cert (PEM)"),
+    ):
+        group.add_argument(
+            flag,
+            default=None,
+            metavar="PATH",
+            help=f"TLS: {what} (default: ${variable})",
+        )
     group.add_argument(
         "--timeout",
         type=_positive_seconds,
@@ -590,6 +610,24 @@ def _token_of(arguments: argparse.Namespace) -> str | None:
     return token
 
 
+def _tls_of(arguments: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context of --tls-ca/--tls-cert/--tls-key (or their variables), None for plain
+    TCP; TlsConfigurationError for files that cannot be used."""
+    paths = {}
+    for name, variable in (
+        ("tls_ca", TLS_AUTHORITY_ENVIRONMENT_VARIABLE),
+        ("tls_cert", TLS_CERTIFICATE_ENVIRONMENT_VARIABLE),
+        ("tls_key", TLS_KEY_ENVIRONMENT_VARIABLE),
+    ):
+        value: str | None = getattr(arguments, name, None)
+        if value is None:
+            value = os.environ.get(variable, "").strip() or None
+        paths[name] = value
+    if all(value is None for value in paths.values()):
+        return None
+    return client_context(paths["tls_ca"], certificate=paths["tls_cert"], key=paths["tls_key"])
+
+
 def _report_error(error: BaseException) -> None:
     if isinstance(error, TaskraftError):
         print(f"error: {error.name} ({error.code}): {error.message}", file=sys.stderr)
@@ -626,11 +664,14 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
         return EXIT_INTERRUPTED
 
 
-def _client(servers: Sequence[str], arguments: argparse.Namespace) -> AsyncClient:
+def _client(
+    servers: Sequence[str], arguments: argparse.Namespace, tls: ssl.SSLContext | None
+) -> AsyncClient:
     return AsyncClient(
         servers,
         client_name="taskraft-cli",
         token=_token_of(arguments),
+        tls=tls,
         request_timeout_s=arguments.timeout,
     )
 
@@ -641,12 +682,14 @@ def client_command(operation: ClientOperation) -> Handler:
     def handler(arguments: argparse.Namespace) -> int:
         try:
             servers = _servers_of(arguments)
+            tls = _tls_of(arguments)
         except ValueError as error:
+            # TlsConfigurationError is a ValueError.
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
 
         async def with_client() -> int:
-            async with _client(servers, arguments) as client:
+            async with _client(servers, arguments, tls) as client:
                 return await operation(client, arguments)
 
         return _run(with_client())
@@ -938,11 +981,13 @@ class _ServerStatus:
     error: str | None
 
 
-async def _status_of(address: str, arguments: argparse.Namespace) -> _ServerStatus:
+async def _status_of(
+    address: str, arguments: argparse.Namespace, tls: ssl.SSLContext | None
+) -> _ServerStatus:
     # One client per server: a client only ever asks the one node it is connected to, and
     # `status` is answered by any node, so this client's node is `address` itself.
     try:
-        async with _client([address], arguments) as client:
+        async with _client([address], arguments, tls) as client:
             return _ServerStatus(address, await client.status(), None)
     except (TaskraftError, ProtocolError) as error:
         if isinstance(error, TaskraftError):
@@ -952,8 +997,12 @@ async def _status_of(address: str, arguments: argparse.Namespace) -> _ServerStat
         return _ServerStatus(address, None, reason)
 
 
-async def _statuses(servers: Sequence[str], arguments: argparse.Namespace) -> int:
-    answers = await asyncio.gather(*(_status_of(address, arguments) for address in servers))
+async def _statuses(
+    servers: Sequence[str], arguments: argparse.Namespace, tls: ssl.SSLContext | None
+) -> int:
+    answers = await asyncio.gather(
+        *(_status_of(address, arguments, tls) for address in servers)
+    )
     answered = [answer.status for answer in answers if answer.status is not None]
     highest_commit = max((status.commit_index for status in answered), default=0)
     for answer in answers:
@@ -1015,10 +1064,11 @@ def _status_to_json(answer: _ServerStatus, highest_commit: int) -> dict[str, obj
 def _status(arguments: argparse.Namespace) -> int:
     try:
         servers = _servers_of(arguments)
+        tls = _tls_of(arguments)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return _run(_statuses(servers, arguments))
+    return _run(_statuses(servers, arguments, tls))
 
 
 __all__ = [

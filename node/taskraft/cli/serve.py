@@ -39,6 +39,7 @@ from taskraft.server.logs import configure_logging, set_log_context
 from taskraft.server.node import Node, NodeConfigurationError, NodeSettings
 from taskraft.server.replica import ReplicaSettings
 from taskraft.storage import StorageError
+from taskraft.tls import TlsFiles
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -128,6 +129,14 @@ def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSet
             "option metrics_require_token needs auth_token_file (--auth-token-file, "
             "TASKRAFT_AUTH_TOKEN_FILE): without tokens there is none to require"
         )
+    tls_given = [name for name in ("tls_cert", "tls_key", "tls_ca") if configuration[name]]
+    if tls_given and len(tls_given) < 3:
+        raise ConfigurationError(
+            "TLS needs all of tls_cert, tls_key and tls_ca (--tls-cert, --tls-key, --tls-ca, or "
+            "TASKRAFT_TLS_CERT, TASKRAFT_TLS_KEY, TASKRAFT_TLS_CA); only "
+            + ", ".join(tls_given)
+            + " given"
+        )
     members: Mapping[str, str] | None = configuration["initial_members"]
     return NodeSettings(
         node_id=NodeId(configuration["node_id"]),
@@ -156,10 +165,20 @@ def settings_from_configuration(configuration: ResolvedConfiguration) -> NodeSet
         connections_max=configuration["connections_max"],
         client_handshake_timeout_s=configuration["client_handshake_timeout_ms"] / 1000,
         long_polls_max=configuration["long_polls_max"],
+        requests_per_token_max=configuration["requests_per_token_max"],
         shutdown_timeout_s=configuration["shutdown_timeout_ms"] / 1000,
         status_log_interval_s=configuration["status_log_interval_s"],
         auth_token_file=configuration["auth_token_file"],
         metrics_require_token=configuration["metrics_require_token"],
+        tls=(
+            TlsFiles(
+                certificate=configuration["tls_cert"],
+                key=configuration["tls_key"],
+                authority=configuration["tls_ca"],
+            )
+            if tls_given
+            else None
+        ),
     )
 
 

@@ -28,6 +28,11 @@ A node that requires a token (`taskraft serve --auth-token-file`) is given `toke
 handshake. `Unauthenticated` (no token, or one the node does not know) and `Forbidden` (the
 token's role does not allow the operation) are raised at once, never retried: the same token
 would get the same answer.
+
+A node that serves TLS (`taskraft serve --tls-cert`) is reached with `tls`, an `ssl.SSLContext`
+such as `taskraft.tls.client_context(CA_FILE)`: the node's certificate must come from a trusted
+authority and name the host dialed. A certificate the context does not trust fails like an
+unreachable node (the next server is tried), and the error says why.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -165,12 +171,20 @@ class _Connection:
 
     @classmethod
     async def open(
-        cls, address: str, *, client_name: str | None, token: str | None, timeout: float
+        cls,
+        address: str,
+        *,
+        client_name: str | None,
+        token: str | None,
+        tls: ssl.SSLContext | None,
+        timeout: float,
     ) -> _Connection:
         """Connect and handshake; OSError, TimeoutError or the error the node refused with."""
         host, port = parse_address(address)
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=None if tls is None else host
+            )
             try:
                 protocol = ClientConnection(client_name=client_name, token=token)
                 writer.write(protocol.data_to_send())
@@ -248,7 +262,8 @@ class AsyncClient:
     """A taskraft client for asyncio code; use `async with AsyncClient(servers=[...])`.
 
     `servers` are `host:port` client addresses of any of the cluster's nodes; `token` is the
-    bearer token of a cluster that requires one. Every method raises the `taskraft.errors` class
+    bearer token of a cluster that requires one; `tls` the `ssl.SSLContext` for a cluster that
+    serves TLS (`taskraft.tls.client_context`). Every method raises the `taskraft.errors` class
     of the error the cluster answered, and `Unavailable` when no answer could be had within
     `request_timeout_s`.
     """
@@ -259,6 +274,7 @@ class AsyncClient:
         *,
         client_name: str | None = "taskraft-python",
         token: str | None = None,
+        tls: ssl.SSLContext | None = None,
         request_timeout_s: float = 30.0,
         attempt_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
@@ -279,6 +295,7 @@ class AsyncClient:
         self._servers = list(servers)
         self._client_name = client_name
         self._token = token
+        self._tls = tls
         self.request_timeout_s = request_timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -623,6 +640,7 @@ class AsyncClient:
                         address,
                         client_name=self._client_name,
                         token=self._token,
+                        tls=self._tls,
                         timeout=min(self.connect_timeout_s, remaining),
                     )
                 except Unauthenticated:

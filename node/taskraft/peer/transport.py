@@ -35,6 +35,7 @@ import logging
 import random
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -194,6 +195,10 @@ class PeerTransport:
     ways, prove the secret before any message; `admit_sender`, called with the node id of each
     peer that proved it, refuses the connection when it returns False. Without a secret a
     connection is served once its handshake is in, as before.
+
+    `tls_server` and `tls_client` (taskraft.tls.NodeTls) put every connection under mutual TLS:
+    accepted ones with the first, dialed ones with the second, which also checks that the
+    peer's certificate names the host dialed. The TLS handshake comes before everything above.
     """
 
     def __init__(
@@ -212,7 +217,11 @@ class PeerTransport:
         random_source: random.Random | None = None,
         cluster_secret: bytes | None = None,
         admit_sender: Callable[[NodeId], bool] | None = None,
+        tls_server: ssl.SSLContext | None = None,
+        tls_client: ssl.SSLContext | None = None,
     ) -> None:
+        if (tls_server is None) != (tls_client is None):
+            raise ValueError("TLS needs both a server and a client context, or neither")
         if cluster_secret is not None:
             check_cluster_secret(cluster_secret)
         check_local_identity(
@@ -226,6 +235,8 @@ class PeerTransport:
         self._cluster_id = cluster_id
         self._secret = cluster_secret
         self._admit_sender = admit_sender
+        self._tls_server = tls_server
+        self._tls_client = tls_client
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._on_message = on_message
@@ -271,7 +282,14 @@ class PeerTransport:
         if self._server is not None:
             raise LocalPeerError("start() called twice")
         self._server = await asyncio.start_server(
-            self._accept, self._listen_host, self._listen_port, limit=READ_CHUNK_SIZE_BYTES
+            self._accept,
+            self._listen_host,
+            self._listen_port,
+            limit=READ_CHUNK_SIZE_BYTES,
+            ssl=self._tls_server,
+            ssl_handshake_timeout=(
+                None if self._tls_server is None else self._limits.handshake_timeout_ms / 1000
+            ),
         )
         logger.info("peer transport of %s listening on %s", self._node_id, self.listen_address)
 
@@ -443,7 +461,12 @@ class PeerTransport:
         self._counters.connection_attempts += 1
         try:
             async with asyncio.timeout(self._limits.connect_timeout_ms / 1000):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=self._tls_client,
+                    server_hostname=None if self._tls_client is None else host,
+                )
         except (OSError, TimeoutError) as error:
             # The first failure of a series is worth a warning; the retries are not.
             level = logging.WARNING if first_failure else logging.DEBUG

@@ -126,6 +126,11 @@ class TokenTable:
                 found = identity
         return found
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The tokens' names, in the file's order (they are not secret)."""
+        return tuple(identity.name for _digest, identity in self.entries)
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -264,6 +269,11 @@ class TokenStore:
     @property
     def token_count(self) -> int:
         return len(self._table)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the tokens in force (read last), without looking at the file."""
+        return self._table.names
 
     def identify(self, token: str | None) -> Identity | None:
         """Who `token` belongs to, or None: no token, or one the file does not hold."""

@@ -36,7 +36,13 @@ role does not allow is answered `forbidden`, and the connection stays open.
 
 Everything a client can make the listener hold is bounded: connections (`connections_max`;
 beyond, an `overloaded` error frame and close), time to send the handshake, requests in flight
-per connection, and dequeues waiting at once (`long_polls_max`; beyond, `overloaded`).
+per connection, and dequeues waiting at once (`long_polls_max`; beyond, `overloaded`). With
+tokens, `requests_per_token_max` bounds the requests in flight across all connections of one
+token name, counted from when a request's task starts until its answer is written (a waiting
+dequeue counts while it waits); beyond, that request is answered `overloaded` and the connection
+stays open, so one service cannot take every slot the global bounds leave. Each bound that bites
+is counted (the metrics of taskraft.server.metrics).
+
 Connection tasks are created synchronously as requests arrive and tracked, so `close` leaves
 none behind.
 """
@@ -45,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -107,10 +114,14 @@ class ClientListener:
         handshake_timeout_s: float = 10.0,
         long_polls_max: int = 10_000,
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
+        requests_per_token_max: int = 0,
         tokens: TokenStore | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if connections_max < 1 or long_polls_max < 0:
             raise ValueError("connections_max must be >= 1 and long_polls_max >= 0")
+        if requests_per_token_max < 0:
+            raise ValueError("requests_per_token_max must be >= 0 (0: no limit)")
         if handshake_timeout_s <= 0:
             raise ValueError("handshake_timeout_s must be positive")
         self._replica_provider = replica_provider
@@ -127,8 +138,14 @@ class ClientListener:
         self.long_polls_max = long_polls_max
         # Requests one connection may have in flight; beyond, `overloaded` (ServerConnection).
         self.requests_in_flight_max = requests_in_flight_max
+        # Requests in flight at once across all connections of one token name; beyond,
+        # `overloaded`. 0: no limit; ignored without tokens.
+        self.requests_per_token_max = requests_per_token_max
         # The tokens a handshake must present; None serves everyone (no authentication).
         self.tokens = tokens
+        # TLS on this port (taskraft.tls); None: plain TCP. The TLS handshake has the same
+        # deadline as the protocol's handshake.
+        self.tls = tls
         self._server: asyncio.Server | None = None
         self._connections: set[_ClientConnection] = set()
         # Every request task of every connection, including those of connections closing.
@@ -148,7 +165,15 @@ class ClientListener:
         # Handshakes refused `unauthenticated`, and requests refused `forbidden`.
         self.authentication_failures = 0
         self.authorization_failures = 0
+        # Handshakes not sent within handshake_timeout_s, and dequeues refused at
+        # long_polls_max.
+        self.handshake_timeouts = 0
+        self.long_polls_refused = 0
         self.requests_in_flight = 0
+        # Requests in flight by token name (a name is here only while it has some), and those
+        # refused at requests_per_token_max by token name. Names come from the token file only.
+        self._token_requests: dict[str, int] = {}
+        self.token_limit_rejections: dict[str, int] = {}
         # Called after each answered request with its operation, duration and error (metrics).
         self.on_request_done: Callable[[str, float, TaskraftError | None], None] | None = None
 
@@ -159,7 +184,11 @@ class ClientListener:
             raise RuntimeError("the client listener is already started")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _ClientConnection(self), self._host, self._port
+            lambda: _ClientConnection(self),
+            self._host,
+            self._port,
+            ssl=self.tls,
+            ssl_handshake_timeout=None if self.tls is None else self.handshake_timeout_s,
         )
 
     @property
@@ -238,6 +267,49 @@ class ClientListener:
             logger.debug("handshake refused: %s", "no token" if token is None else "unknown token")
             raise Unauthenticated("authentication required")
         return identity
+
+    def token_requests_in_flight(self) -> dict[str, int]:
+        """Requests in flight by token name: every name of the token file in force (0 when
+        idle), and the names of connections still open with a token since removed. Empty
+        without tokens."""
+        if self.tokens is None:
+            return {}
+        counts = dict.fromkeys(self.tokens.names, 0)
+        counts.update(self._token_requests)
+        return counts
+
+    def _take_token_slot(self, identity: Identity | None) -> Overloaded | None:
+        """Count one more request in flight for `identity`'s token, or the `overloaded` error
+        when its requests_per_token_max is reached (nothing is counted in flight then).
+
+        The message names no token: the caller knows its own, and others are none of its
+        business.
+        """
+        if identity is None or self.tokens is None:
+            return None
+        name = identity.name
+        in_flight = self._token_requests.get(name, 0)
+        limit = self.requests_per_token_max
+        if limit and in_flight >= limit:
+            self.token_limit_rejections[name] = self.token_limit_rejections.get(name, 0) + 1
+            logger.debug("request of %s refused: %d in flight, its limit", name, in_flight)
+            return Overloaded(
+                f"the concurrency limit of this token is reached ({limit} requests in flight "
+                "on this node); try again when some are answered"
+            )
+        self._token_requests[name] = in_flight + 1
+        return None
+
+    def _release_token_slot(self, identity: Identity | None) -> None:
+        """One request of `identity`'s token counted by `_take_token_slot` is answered."""
+        if identity is None or self.tokens is None:
+            return
+        name = identity.name
+        remaining = self._token_requests.get(name, 0) - 1
+        if remaining > 0:
+            self._token_requests[name] = remaining
+        else:
+            self._token_requests.pop(name, None)
 
     def authorize(self, operation: protocol.Operation, identity: Identity | None) -> None:
         """Raise Forbidden unless `identity`'s role allows `operation` (always allowed without
@@ -417,6 +489,7 @@ class ClientListener:
         if got(result) or wait_ms == 0:
             return result
         if self._long_polls >= self.long_polls_max:
+            self.long_polls_refused += 1
             raise Overloaded(
                 f"{self._long_polls} dequeues are already waiting on this node; try again shortly"
             )
@@ -651,8 +724,9 @@ class _ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._receive(b"")
-        # Keep the transport half open: the answers to requests in flight still go out.
-        return True
+        # Keep the transport half open: the answers to requests in flight still go out. TLS
+        # has no half-close: the end of the client's stream ends the connection.
+        return self._listener.tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
@@ -725,16 +799,31 @@ class _ClientConnection(asyncio.Protocol):
         self._close_when_idle()
 
     async def _serve(self, request: Request) -> None:
-        response = await self._listener.answer(request, self._identity)
+        """Answer `request` and write the answer; the request counts against its token's
+        requests_per_token_max from the start until the answer is written (or the task ends)."""
+        listener = self._listener
+        identity = self._identity
+        refusal = listener._take_token_slot(identity)
+        if refusal is not None:
+            await self._send(Response(request.request_id, error=refusal))
+            return
+        try:
+            response = await listener.answer(request, identity)
+            await self._send(response)
+        finally:
+            listener._release_token_slot(identity)
+
+    async def _send(self, response: Response) -> None:
+        """Write `response` once the transport takes more, unless the connection is gone."""
         await self._writable.wait()
         if self._closed or self._protocol.state is ConnectionState.FAILED:
             return
         try:
             self._protocol.send_response(response)
         except LocalProtocolError:
-            logger.exception("cannot encode the answer to request %s", request.request_id)
+            logger.exception("cannot encode the answer to request %s", response.request_id)
             self._protocol.send_response(
-                Response(request.request_id, error=Unavailable("the node could not answer"))
+                Response(response.request_id, error=Unavailable("the node could not answer"))
             )
         self._flush()
 
@@ -752,6 +841,7 @@ class _ClientConnection(asyncio.Protocol):
     def _handshake_expired(self, timeout: float) -> None:
         self._handshake_timer = None
         if self._protocol.state is ConnectionState.AWAITING_HANDSHAKE and not self._closed:
+            self._listener.handshake_timeouts += 1
             self._fail(BadRequest(f"no handshake within {timeout:g} s"))
 
     def _cancel_handshake_timer(self) -> None:

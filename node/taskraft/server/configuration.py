@@ -178,6 +178,17 @@ OPTIONS: tuple[Option, ...] = (
         1_000_000,
     ),
     _integer(
+        "requests_per_token_max",
+        "client requests in flight at once on this node across all connections of one token "
+        "name (a waiting dequeue counts while it waits); one more is told `overloaded` and the "
+        "connection stays open (0: no limit). Only with auth_token_file; without tokens it is "
+        "ignored",
+        0,
+        "requests",
+        0,
+        1_000_000,
+    ),
+    _integer(
         "pending_proposals_max",
         "commands waiting to commit; beyond, clients are told `overloaded`",
         10_000,
@@ -221,6 +232,19 @@ OPTIONS: tuple[Option, ...] = (
         "boolean",
         "/metrics needs a token of the auth token file too (by default it is open)",
         False,
+    ),
+    Option(
+        "tls_cert",
+        "path",
+        "this node's certificate chain (PEM): TLS on the client, peer and HTTP ports; needs "
+        "tls_key and tls_ca; reloaded when it changes. Without it every port is plain TCP",
+    ),
+    Option("tls_key", "path", "the private key of tls_cert (PEM)"),
+    Option(
+        "tls_ca",
+        "path",
+        "the authorities (PEM) that issue the peers' certificates (mutual TLS on the peer "
+        "port) and that a client certificate, when one is presented, must come from",
     ),
     Option(
         "log_level",

@@ -31,6 +31,7 @@ import base64
 import binascii
 import json
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -100,8 +101,18 @@ _METRICS_PATH = "/metrics"
 
 
 class HttpApi:
-    def __init__(self, node: Node, *, host: str, port: int, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        host: str,
+        port: int,
+        metrics: NodeMetrics,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._node = node
+        # HTTPS with this context (taskraft.tls); None: plain HTTP.
+        self._tls = tls
         self._host = host
         self._port = port
         self.metrics = metrics
@@ -146,7 +157,13 @@ class HttpApi:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._application, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, backlog=REQUESTS_IN_FLIGHT_MAX)
+        site = web.TCPSite(
+            self._runner,
+            self._host,
+            self._port,
+            backlog=REQUESTS_IN_FLIGHT_MAX,
+            ssl_context=self._tls,
+        )
         await site.start()
 
     @property

@@ -29,6 +29,7 @@ from taskraft.errors import Overloaded, TaskraftError
 from taskraft.raft import Entry, Message, Role
 
 if TYPE_CHECKING:
+    from taskraft.server.client_listener import ClientListener
     from taskraft.server.node import Node
 
 _LATENCY_BUCKETS = (
@@ -198,12 +199,36 @@ class _NodeCollector(Collector):
         yield from self._queues(node)
         yield from self._connections(node)
         yield from self._authentication(node)
+        yield from self._tls(node)
         yield from self._storage(node)
         uptime = GaugeMetricFamily(
             "taskraft_uptime_seconds", "Seconds since this node process started"
         )
         uptime.add_metric([], time.monotonic() - node.started_monotonic)
         yield uptime
+
+    def _tls(self, node: Node) -> Iterator[Metric]:
+        """The certificate in force and its reloads; nothing for a node without TLS."""
+        tls = node.tls
+        if tls is None:
+            return
+        if tls.not_after is not None:
+            expiry = GaugeMetricFamily(
+                "taskraft_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate this node serves with expires (Unix time); alert well "
+                "before it",
+            )
+            expiry.add_metric([], tls.not_after)
+            yield expiry
+        reloads = CounterMetricFamily(
+            "taskraft_tls_reloads",
+            "Times the TLS files changed and were loaded (ok) or could not be used and the "
+            "certificate in force was kept (failed)",
+            labels=["result"],
+        )
+        reloads.add_metric(["ok"], tls.reloads)
+        reloads.add_metric(["failed"], tls.reload_failures)
+        yield reloads
 
     def _raft(self, node: Node) -> Iterator[Metric]:
         replica = node.replica
@@ -346,6 +371,45 @@ class _NodeCollector(Collector):
         )
         rejected.add_metric([], listener.requests_rejected)
         yield rejected
+        counters = {
+            "taskraft_client_handshake_timeouts": (
+                "Client connections closed because no handshake came within the handshake timeout",
+                listener.handshake_timeouts,
+            ),
+            "taskraft_long_polls_refused": (
+                "Dequeues refused `overloaded` because long_polls_max were waiting already",
+                listener.long_polls_refused,
+            ),
+        }
+        for name, (documentation, count) in counters.items():
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], count)
+            yield counter
+        yield from self._token_limits(listener)
+
+    def _token_limits(self, listener: ClientListener) -> Iterator[Metric]:
+        """Per token name (names are not secret; only those of the token file, or of
+        connections still open with a removed token, appear): requests in flight and those
+        refused at requests_per_token_max. Nothing without tokens."""
+        if listener.tokens is None:
+            return
+        in_flight = GaugeMetricFamily(
+            "taskraft_token_requests_in_flight",
+            "Client requests being served now, by the name of the token they came with",
+            labels=["token"],
+        )
+        for name, count in sorted(listener.token_requests_in_flight().items()):
+            in_flight.add_metric([name], float(count))
+        yield in_flight
+        rejections = CounterMetricFamily(
+            "taskraft_token_limit_rejections",
+            "Client requests refused `overloaded` because their token had "
+            "requests_per_token_max in flight already, by token name",
+            labels=["token"],
+        )
+        for name, count in sorted(listener.token_limit_rejections.items()):
+            rejections.add_metric([name], count)
+        yield rejections
 
     def _authentication(self, node: Node) -> Iterator[Metric]:
         failures = CounterMetricFamily(

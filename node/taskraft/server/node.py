@@ -53,8 +53,12 @@ from taskraft.server.http_api import HttpApi
 from taskraft.server.metrics import NodeMetrics
 from taskraft.server.replica import Replica, ReplicaSettings
 from taskraft.storage import FileStorage, StorageWriter
+from taskraft.tls import NodeTls, TlsConfigurationError, TlsFiles
 
 logger = logging.getLogger(__name__)
+
+# How often the TLS files are looked at for a change (a renewed certificate).
+TLS_RELOAD_CHECK_INTERVAL_S = 1.0
 
 
 class NodeConfigurationError(ValueError):
@@ -92,6 +96,9 @@ class NodeSettings:
     # A client must send its handshake this soon after connecting, or it is closed.
     client_handshake_timeout_s: float = 10.0
     long_polls_max: int = 10_000
+    # Client requests in flight at once across all connections of one token name; 0: no
+    # limit. Only with auth_token_file (without tokens there is no name to count by).
+    requests_per_token_max: int = 0
     # A graceful stop waits this long for leadership to move and requests to finish.
     shutdown_timeout_s: float = 10.0
     # A one-line status at info level this often; 0 turns it off.
@@ -101,6 +108,9 @@ class NodeSettings:
     auth_token_file: Path | None = None
     # /metrics needs a token too (only with auth_token_file).
     metrics_require_token: bool = False
+    # The certificate, key and trusted authorities of TLS on all three ports (taskraft.tls);
+    # None: plain TCP.
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         if self.join == (self.initial_members is not None):
@@ -140,6 +150,9 @@ class Node:
         self.http: HttpApi | None = None
         # The client tokens of `auth_token_file`; None when the node requires none.
         self.tokens: TokenStore | None = None
+        # The live TLS contexts; None for plain TCP.
+        self.tls: NodeTls | None = None
+        self._tls_task: asyncio.Task[None] | None = None
         self._replica_task: asyncio.Task[None] | None = None
         self._status_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -206,6 +219,8 @@ class Node:
         peer_host, peer_port = parse_address(settings.peer_address, allow_port_zero=True)
         self.tokens = _load_tokens(settings)
         cluster_secret = _load_cluster_secret(settings)
+        self.tls = _load_tls(settings)
+        tls = self.tls
         try:
             persisted = await asyncio.to_thread(self._open_storage)
             raft = RaftNode(
@@ -224,11 +239,19 @@ class Node:
                 connections_max=settings.connections_max,
                 handshake_timeout_s=settings.client_handshake_timeout_s,
                 long_polls_max=settings.long_polls_max,
+                requests_per_token_max=settings.requests_per_token_max,
                 tokens=self.tokens,
+                tls=None if tls is None else tls.client_port,
             )
             await self.listener.start()
             self.listener.on_request_done = self.metrics.request_done
-            self.http = HttpApi(self, host=http_host, port=http_port, metrics=self.metrics)
+            self.http = HttpApi(
+                self,
+                host=http_host,
+                port=http_port,
+                metrics=self.metrics,
+                tls=None if tls is None else tls.client_port,
+            )
             await self.http.start()
             peers = _ConfiguredPeers(raft, self.metrics)
             self.transport = PeerTransport(
@@ -244,6 +267,8 @@ class Node:
                 or (None if peer_port == 0 else settings.peer_address),
                 client_address=self.advertised_client_address,
                 http_address=self.advertised_http_address,
+                tls_server=None if tls is None else tls.peer_server,
+                tls_client=None if tls is None else tls.peer_client,
             )
             peers.transport = self.transport
             peers.refresh()
@@ -261,6 +286,10 @@ class Node:
             self.replica.add_progress_listener(self._observe_progress)
             self._replica_task = asyncio.create_task(self.replica.run(), name="taskraft-replica")
             self._replica_task.add_done_callback(self._replica_ended)
+            if tls is not None:
+                self._tls_task = asyncio.create_task(
+                    self._reload_tls_forever(tls), name="taskraft-tls-reload"
+                )
             if settings.status_log_interval_s > 0:
                 self._status_task = asyncio.create_task(
                     self._log_status_forever(), name="taskraft-status-log"
@@ -382,6 +411,11 @@ class Node:
             f"client connections {0 if self.listener is None else self.listener.connection_count}"
         )
 
+    async def _reload_tls_forever(self, tls: NodeTls) -> None:
+        while True:
+            await asyncio.sleep(TLS_RELOAD_CHECK_INTERVAL_S)
+            tls.reload_if_changed()
+
     async def _log_status_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.status_log_interval_s)
@@ -399,9 +433,10 @@ class Node:
         if graceful:
             await self._hand_over()
         self._stopping = True
-        if self._status_task is not None:
-            self._status_task.cancel()
-            await asyncio.gather(self._status_task, return_exceptions=True)
+        for task in (self._status_task, self._tls_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.listener is not None:
             await self.listener.close()
         if self.http is not None:
@@ -497,6 +532,12 @@ def _load_tokens(settings: NodeSettings) -> TokenStore | None:
             "no --auth-token-file: the client port and the HTTP API serve anyone who can reach "
             "them; give one outside a trusted network"
         )
+        if settings.requests_per_token_max:
+            logger.warning(
+                "ignoring --requests-per-token-max %d: without --auth-token-file there is no "
+                "token to count requests by",
+                settings.requests_per_token_max,
+            )
         return None
     try:
         tokens = TokenStore.load(settings.auth_token_file)
@@ -525,6 +566,22 @@ def _load_cluster_secret(settings: NodeSettings) -> bytes | None:
         raise NodeConfigurationError(f"the cluster secret file {path}: {error}") from None
     logger.info("peers authenticate with the cluster secret of %s", path)
     return secret
+
+
+def _load_tls(settings: NodeSettings) -> NodeTls | None:
+    """The node's TLS contexts, or None (with a warning) when it serves plain TCP."""
+    if settings.tls is None:
+        logger.warning(
+            "no --tls-cert: the client, peer and HTTP ports are plain TCP, readable by anyone "
+            "on the network path; give a certificate outside a trusted network"
+        )
+        return None
+    try:
+        tls = NodeTls(settings.tls)
+    except TlsConfigurationError as error:
+        raise NodeConfigurationError(str(error)) from None
+    logger.info("TLS on every port with the certificate of %s", settings.tls.certificate)
+    return tls
 
 
 def _restore_state_machine(persisted: PersistedState) -> QueueStateMachine:

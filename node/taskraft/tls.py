@@ -1,0 +1,202 @@
+"""TLS for the three ports of a node and for its clients, from PEM files, reloaded on change.
+
+A node started with `--tls-cert CERT --tls-key KEY` serves TLS on its client port, its HTTP
+port and its peer port; `--tls-ca CA` names the authorities it trusts. There is no plain port
+beside a TLS one: a node either encrypts everything or nothing.
+
+- Client port and HTTP: the node presents CERT. With CA, a client MAY present a certificate; one
+  that CA did not issue (or that expired) fails the handshake, so an untrusted client is refused
+  before it sends a byte of the protocol. Clients prove who they are with tokens
+  (`--auth-token-file`); a certificate is not required, because probes and scrapers seldom have
+  one.
+- Peer port: mutual TLS. CA is required; both sides present CERT and verify the other's against
+  CA, and the dialing side also checks that the certificate names the host it dialed (its DNS
+  name or IP address in the subjectAltName). The node's certificate must therefore allow both
+  uses (extended key usage serverAuth and clientAuth, or none), and name every address peers
+  dial (in Kubernetes, a wildcard for the headless Service: `*.NAME-peers.NAMESPACE.svc`).
+  The cluster secret (`--cluster-secret-file`) still proves membership on top of it.
+- Versions and ciphers: TLS 1.2 or newer, with OpenSSL's default secure ciphers.
+
+Rotation: `NodeTls.reload_if_changed` looks at the three files' identities (device, inode,
+size, modification and change times; a Kubernetes Secret volume swaps them through a symlink)
+and, when one changed, loads them into a scratch context first. Only if that succeeds (a key
+that does not match its certificate, or a half-written file, fails) are they loaded into the
+live contexts, which every new connection uses from then on; connections already open keep
+their session. A failed reload keeps the certificate in force and logs once per change. An
+authority added to CA is trusted at once; one removed stays trusted until the node restarts
+(OpenSSL can add to a live trust store but not take away), which docs/security.md says.
+
+`client_context` builds what a client (the Python client, the CLI, the operator) uses: verify
+the node against CA (or the system's authorities), check the host name, and optionally present
+a client certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_FileIdentity = tuple[int, int, int, int, int]
+
+
+class TlsConfigurationError(ValueError):
+    """The TLS files cannot be used: missing, unreadable, not PEM, or a key that does not fit."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Where a node's certificate chain, private key and trusted authorities are (PEM)."""
+
+    certificate: Path
+    key: Path
+    authority: Path | None = None
+
+
+def _file_identity(path: Path) -> _FileIdentity:
+    status = os.stat(path)
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def _base_context(purpose: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
+    """Load `files` into `context`, or raise TlsConfigurationError naming what is wrong."""
+    try:
+        context.load_cert_chain(files.certificate, files.key)
+    except FileNotFoundError as error:
+        raise TlsConfigurationError(f"TLS file not found: {error.filename}") from None
+    except (ssl.SSLError, OSError) as error:
+        raise TlsConfigurationError(
+            f"cannot use certificate {files.certificate} with key {files.key}: {error}"
+        ) from None
+    if files.authority is not None:
+        try:
+            context.load_verify_locations(cafile=files.authority)
+        except FileNotFoundError:
+            raise TlsConfigurationError(f"TLS file not found: {files.authority}") from None
+        except (ssl.SSLError, OSError) as error:
+            raise TlsConfigurationError(
+                f"cannot read the trusted authorities {files.authority}: {error}"
+            ) from None
+
+
+def certificate_not_after(path: Path) -> float | None:
+    """When the first certificate in `path` expires (Unix seconds), or None if it cannot be read."""
+    try:
+        from cryptography import x509
+
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError, ImportError):
+        return None
+    not_after: datetime.datetime = certificate.not_valid_after_utc
+    return not_after.timestamp()
+
+
+class NodeTls:
+    """The live TLS contexts of one node, reloaded in place when its files change.
+
+    `client_port` serves the client protocol and the HTTP API; `peer_server` accepts peers and
+    `peer_client` dials them (module docstring).
+    """
+
+    def __init__(self, files: TlsFiles) -> None:
+        if files.authority is None:
+            raise TlsConfigurationError(
+                "TLS needs the trusted authorities too (--tls-ca): the peer port is mutual TLS"
+            )
+        self.files = files
+        self.client_port = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        self.client_port.verify_mode = ssl.CERT_OPTIONAL
+        self.peer_server = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        self.peer_server.verify_mode = ssl.CERT_REQUIRED
+        self.peer_client = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+        self.peer_client.check_hostname = True
+        self.peer_client.verify_mode = ssl.CERT_REQUIRED
+        self._identities = self._current_identities()
+        for context in self.contexts:
+            _load(context, files)
+        # Successful and failed reloads since the start, for metrics and tests.
+        self.reloads = 0
+        self.reload_failures = 0
+        self.not_after = certificate_not_after(files.certificate)
+        self._failed_identities: tuple[_FileIdentity | None, ...] | None = None
+
+    @property
+    def contexts(self) -> tuple[ssl.SSLContext, ...]:
+        return (self.client_port, self.peer_server, self.peer_client)
+
+    def _paths(self) -> tuple[Path, ...]:
+        files = self.files
+        return (files.certificate, files.key) + (
+            () if files.authority is None else (files.authority,)
+        )
+
+    def _current_identities(self) -> tuple[_FileIdentity | None, ...]:
+        identities: list[_FileIdentity | None] = []
+        for path in self._paths():
+            try:
+                identities.append(_file_identity(path))
+            except OSError:
+                identities.append(None)
+        return tuple(identities)
+
+    def reload_if_changed(self) -> bool:
+        """Load the files again if any changed since the last look; True when they were."""
+        identities = self._current_identities()
+        if identities == self._identities or identities == self._failed_identities:
+            return False
+        scratch = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            _load(scratch, self.files)
+        except TlsConfigurationError as error:
+            self.reload_failures += 1
+            self._failed_identities = identities
+            logger.error(
+                "TLS files changed but cannot be used; keeping the current ones: %s", error
+            )
+            return False
+        for context in self.contexts:
+            _load(context, self.files)
+        self._identities = identities
+        self._failed_identities = None
+        self.reloads += 1
+        self.not_after = certificate_not_after(self.files.certificate)
+        logger.info("TLS certificate reloaded from %s", self.files.certificate)
+        return True
+
+
+def client_context(
+    authority: Path | str | None = None,
+    *,
+    certificate: Path | str | None = None,
+    key: Path | str | None = None,
+) -> ssl.SSLContext:
+    """A context for a client of a TLS node: verify it against `authority` (PEM; None: the
+    system's authorities), check its host name, and present `certificate` if given."""
+    if (certificate is None) != (key is None):
+        raise TlsConfigurationError("a client certificate needs its key, and a key its certificate")
+    try:
+        context = ssl.create_default_context(cafile=None if authority is None else str(authority))
+    except (ssl.SSLError, OSError) as error:
+        raise TlsConfigurationError(
+            f"cannot read the trusted authorities {authority}: {error}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certificate is not None and key is not None:
+        try:
+            context.load_cert_chain(str(certificate), str(key))
+        except (ssl.SSLError, OSError) as error:
+            raise TlsConfigurationError(
+                f"cannot use client certificate {certificate} with key {key}: {error}"
+            ) from None
+    return context
