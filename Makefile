@@ -38,9 +38,17 @@ test: $(STAMP)
 	$(MAKE) importlint
 	$(MAKE) pytest
 
-# The fuzz tests and the Hypothesis tests of the decoders with many more examples (minutes).
+# The fuzz tests and the Hypothesis tests of the decoders with many more examples, then each
+# coverage-guided atheris harness (tests/fuzz/atheris/) for ATHERIS_SECONDS (minutes in all). A
+# failing input is saved in .atheris/; `$(BIN)/python tests/fuzz/atheris/fuzz_X.py FILE` replays it.
+ATHERIS_SECONDS ?= 60
 fuzz: $(STAMP)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -n 2 -p no:cacheprovider tests/fuzz tests/protocol tests/peer tests/queue/test_queue_codec.py
+	mkdir -p .atheris
+	for harness in tests/fuzz/atheris/fuzz_*.py; do \
+		$(BIN)/python $$harness -max_total_time=$(ATHERIS_SECONDS) -artifact_prefix=.atheris/ \
+			|| exit 1; \
+	done
 
 # A local 3-node cluster of real processes: enqueue, consume, kill the leader, check nothing is lost.
 demo: $(STAMP)
@@ -99,6 +107,6 @@ $(HELM):
 		helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache .atheris build dist
 	find . -name '*.egg-info' -prune -exec rm -rf {} +
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import decimal
 import json
 import os
 import ssl
@@ -653,12 +654,33 @@ async def _json_body(request: web.Request, *, allow_empty: bool = False) -> dict
             return {}
         raise _http_error(BadRequest("the request needs a JSON object as its body"))
     try:
-        document = json.loads(raw)
+        document = json.loads(raw, parse_float=_json_number)
     except ValueError as error:
         raise _http_error(BadRequest(f"the body is not JSON: {error}")) from None
     if not isinstance(document, dict):
         raise _http_error(BadRequest("the body must be a JSON object"))
     return document
+
+
+# The largest decimal exponent of an integral number read as an int by `_json_number`: every
+# integer field is at most 64 bits (below 2e19), and `1e999999999` is not expanded into an int of
+# a billion digits.
+_INTEGRAL_NUMBER_EXPONENT_MAX = 20
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number written with a fraction or an exponent (`5.0`, `5e3`): an int when integral.
+
+    JSON Schema, and so docs/openapi.yaml, counts any number with a zero fractional part as an
+    integer, while the protocol's fields take an exact int and refuse a float. Such a number is
+    therefore converted here, exactly (through `Decimal`, so `9223372036854775807.0` stays that
+    integer instead of rounding to 2**63); any other number stays a float and is refused where an
+    integer is expected.
+    """
+    value = decimal.Decimal(text)
+    if value.adjusted() <= _INTEGRAL_NUMBER_EXPONENT_MAX and value == value.to_integral_value():
+        return int(value)
+    return float(text)
 
 
 def _refuse_path_fields(body: dict[str, Any], *names: str) -> None:
