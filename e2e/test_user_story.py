@@ -21,6 +21,12 @@ How the tests reach the nodes (TASKRAFT_E2E_REACH):
 - `direct`: the tests run inside the cluster's network with its names (the local control plane
   of e2e/localkube does this): clients use the pods' DNS names and the client Service directly.
 
+The example runs under TLS with tokens, as a platform team would run it: before applying it, the
+story writes the TLS Secret `jobs-tls` that cert-manager would issue (an authority of its own,
+the certificate naming the pods' and the Service's DNS names, and 127.0.0.1 for port-forward),
+and every client uses the tokens the operator generated into `jobs-credentials` and trusts that
+authority.
+
 Every wait polls with a deadline; nothing relies on a fixed sleep.
 """
 
@@ -28,12 +34,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import re
 import secrets
 import selectors
 import shlex
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,8 +55,10 @@ from typing import IO, Any, TypeVar
 import pytest
 import yaml
 
+from taskraft.certificates import CertificateAuthority
 from taskraft.client import Client
-from taskraft.errors import TaskraftError
+from taskraft.errors import TaskraftError, Unauthenticated
+from taskraft.tls import client_context
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CHART = REPOSITORY / "charts" / "taskraft-operator"
@@ -65,6 +75,8 @@ NAME: str = EXAMPLE_BODY["metadata"]["name"]
 REPLICAS: int = EXAMPLE_BODY["spec"]["replicas"]
 VERSION: str = EXAMPLE_BODY["spec"]["version"]
 DECLARED_QUEUES = {queue["name"] for queue in EXAMPLE_BODY["spec"].get("queues", [])}
+TLS_SECRET: str = EXAMPLE_BODY["spec"]["tls"]["secretName"]
+CREDENTIALS_SECRET = f"{NAME}-credentials"
 SELECTOR = f"app.kubernetes.io/name=taskraft,app.kubernetes.io/instance={NAME}"
 CLIENT_PORT = 7100
 HTTP_PORT = 7102
@@ -294,13 +306,88 @@ def pod_endpoint(pod: str, port: int) -> Iterator[str]:
         yield f"127.0.0.1:{local_port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client of the example cluster needs: the authority its certificates come from
+    (a file here), and the tokens the operator generated."""
+
+    authority: Path
+    client_token: str
+    read_token: str
+
+    def tls(self) -> ssl.SSLContext:
+        return client_context(self.authority)
+
+
+_credentials: list[Credentials] = []
+_AUTHORITY_DIRECTORY = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskraft-e2e-pki-{NAMESPACE}"
+
+
+def create_tls_secret() -> Path:
+    """The Secret of spec.tls, as cert-manager would write it; the authority's file."""
+    authority = CertificateAuthority.create(_AUTHORITY_DIRECTORY, "ca", f"{NAMESPACE}-ca")
+    domains = (f"{NAMESPACE}.svc", f"{NAMESPACE}.svc.cluster.local")
+    node = authority.issue(
+        _AUTHORITY_DIRECTORY,
+        "node",
+        common_name=NAME,
+        client=True,
+        server=True,
+        dns_names=(
+            *(f"*.{NAME}-peers.{domain}" for domain in domains),
+            *(f"{NAME}.{domain}" for domain in domains),
+            "localhost",
+        ),
+        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"),),
+    )
+    kubectl(
+        "create",
+        "secret",
+        "generic",
+        TLS_SECRET,
+        "-n",
+        NAMESPACE,
+        "--type=kubernetes.io/tls",
+        f"--from-file=tls.crt={node.certificate}",
+        f"--from-file=tls.key={node.private_key}",
+        f"--from-file=ca.crt={authority.files.certificate}",
+    )
+    return authority.files.certificate
+
+
+def credentials() -> Credentials:
+    """The example cluster's credentials (read once the operator made them)."""
+    if not _credentials:
+        data = kubectl_json("get", "secret", CREDENTIALS_SECRET, "-n", NAMESPACE)["data"]
+        _credentials.append(
+            Credentials(
+                authority=_AUTHORITY_DIRECTORY / "ca.crt",
+                client_token=base64.b64decode(data["client-token"]).decode(),
+                read_token=base64.b64decode(data["read-token"]).decode(),
+            )
+        )
+    return _credentials[0]
+
+
+def cluster_client(address: str, *, request_timeout_s: float) -> Client:
+    """A client of the node at `address`, with the client token, trusting the authority."""
+    found = credentials()
+    return Client(
+        [address],
+        token=found.client_token,
+        tls=found.tls(),
+        request_timeout_s=request_timeout_s,
+    )
+
+
 def node_status(pod: str) -> dict[str, Any]:
-    """`GET /v1/status` of the node in `pod`."""
-    with (
-        pod_endpoint(pod, HTTP_PORT) as address,
-        urllib.request.urlopen(f"http://{address}/v1/status", timeout=10) as response,
-    ):
-        document: dict[str, Any] = json.load(response)
+    """`GET /v1/status` of the node in `pod` (HTTPS, with the read token)."""
+    found = credentials()
+    with pod_endpoint(pod, HTTP_PORT) as address:
+        request = urllib.request.Request(f"https://{address}/v1/status")
+        request.add_header("Authorization", f"Bearer {found.read_token}")
+        with urllib.request.urlopen(request, timeout=10, context=found.tls()) as response:
+            document: dict[str, Any] = json.load(response)
     return document
 
 
@@ -315,7 +402,7 @@ def leader_client() -> Iterator[Client]:
     leader = wait_settled(len(pods()) or REPLICAS)["status"]["leader"]
     with (
         pod_endpoint(leader, CLIENT_PORT) as address,
-        Client([address], request_timeout_s=30.0) as client,
+        cluster_client(address, request_timeout_s=30.0) as client,
     ):
         yield client
 
@@ -324,10 +411,15 @@ def taskraft_via_service(pod: str, *args: str) -> str:
     """The `taskraft` command inside the cluster, through the client Service: run in the node
     pod `pod` (port-forward reach), or here (direct reach: this process is inside)."""
     servers = f"{NAME}.{NAMESPACE}.svc.cluster.local:{CLIENT_PORT}"
+    found = credentials()
+    # The token as an argument: `kubectl exec` cannot set the pod's environment. Inside a node
+    # pod the command trusts the authority through the pod's own TASKRAFT_TLS_CA.
+    options = ["--servers", servers, "--token", found.client_token]
     if REACH == "direct":
-        command = [str(Path(sys.executable).parent / "taskraft"), *args, "--servers", servers]
+        command = [str(Path(sys.executable).parent / "taskraft"), *args, *options]
+        command += ["--tls-ca", str(found.authority)]
         return run(command, timeout=60).stdout
-    return kubectl("exec", "-n", NAMESPACE, pod, "--", "taskraft", *args, "--servers", servers)
+    return kubectl("exec", "-n", NAMESPACE, pod, "--", "taskraft", *args, *options)
 
 
 @contextlib.contextmanager
@@ -340,7 +432,7 @@ def current_leader_client() -> Iterator[Client]:
         raise AssertionError(f"no ready leader pod (status names {leader})")
     with (
         pod_endpoint(leader, CLIENT_PORT) as address,
-        Client([address], request_timeout_s=10.0) as client,
+        cluster_client(address, request_timeout_s=10.0) as client,
     ):
         yield client
 
@@ -532,6 +624,7 @@ def test_the_api_server_refuses_an_invalid_queue_cluster(operator: str, case: st
 
 @pytest.mark.timeout(int(STEP_TIMEOUT_S) + 300)
 def test_example_cluster_comes_up(operator: str) -> None:
+    create_tls_secret()
     kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLE))
     body = wait_settled(REPLICAS)
     status = body["status"]
@@ -545,6 +638,7 @@ def test_example_cluster_comes_up(operator: str) -> None:
         ("statefulset", NAME),
         ("poddisruptionbudget", NAME),
         ("networkpolicy", NAME),
+        ("secret", CREDENTIALS_SECRET),
     ):
         kubectl("get", kind, name, "-n", NAMESPACE)
     # The printer columns of `kubectl get qc`, filled from the status.
@@ -566,6 +660,20 @@ def test_example_cluster_comes_up(operator: str) -> None:
             return names if names >= DECLARED_QUEUES else Pending(f"queues {sorted(names)}")
 
         wait_until("the declared queues created", declared, timeout_s=120)
+    # Under TLS with tokens: a client without the token is refused, and a plain one gets
+    # nowhere.
+    leader = status["leader"]
+    with pod_endpoint(leader, CLIENT_PORT) as address:
+        with (
+            Client([address], tls=credentials().tls(), request_timeout_s=10.0) as stranger,
+            pytest.raises(Unauthenticated),
+        ):
+            stranger.list_queues()
+        with (
+            Client([address], token=credentials().client_token, request_timeout_s=5.0) as plain,
+            pytest.raises(TaskraftError),
+        ):
+            plain.list_queues()
 
 
 @pytest.mark.timeout(300)
@@ -913,7 +1021,9 @@ def test_snapshot_on_schedule_then_a_backup_lands_in_the_claim(operator: str) ->
 def test_delete_the_cluster(operator: str) -> None:
     (operator_pod,) = operator_pods().values()
     kubectl("delete", f"qc/{NAME}", "-n", NAMESPACE, "--timeout=300s", timeout=330)
-    kinds = "statefulsets,services,configmaps,poddisruptionbudgets,networkpolicies,pods,jobs"
+    kinds = (
+        "statefulsets,services,configmaps,poddisruptionbudgets,networkpolicies,pods,jobs,secrets"
+    )
 
     def gone() -> bool | Pending:
         left = kubectl_json("get", kinds, "-n", NAMESPACE, "-l", SELECTOR)["items"]
@@ -921,6 +1031,14 @@ def test_delete_the_cluster(operator: str) -> None:
         return True if not names else Pending(f"still there: {names}")
 
     wait_until("every owned object deleted", gone, timeout_s=300)
+    # The generated credentials went with it; the TLS Secret is the user's and stays.
+    assert (
+        run(
+            ["kubectl", "get", "secret", CREDENTIALS_SECRET, "-n", NAMESPACE], check=False
+        ).returncode
+        != 0
+    )
+    kubectl("get", "secret", TLS_SECRET, "-n", NAMESPACE)
     # pvcRetention.whenDeleted is Retain in the example: the volumes stay.
     assert {f"data-{NAME}-{ordinal}" for ordinal in range(REPLICAS)} <= pvc_names()
     kubectl("delete", "pvc", "-n", NAMESPACE, "-l", SELECTOR, "--timeout=120s", timeout=150)

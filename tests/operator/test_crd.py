@@ -564,6 +564,8 @@ def test_the_example_is_accepted_and_read() -> None:
         upgrade_policy=UpgradePolicy.AUTOMATIC,
         snapshots=SnapshotPolicy(schedule="30 2 * * *", history_max=14),
         step_timeout_s=600,
+        authentication=True,
+        tls_secret_name="jobs-tls",
     )
     assert spec_problems(desired) == []
     assert resource.spec_warnings(desired) == ()
