@@ -76,12 +76,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import multiprocessing
 import os
 import platform
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -98,11 +100,13 @@ from typing import Any, TypeVar
 
 from reporting import file_system_description, percentile, print_table
 
+from taskraft.certificates import CertificateAuthority
 from taskraft.client import AsyncClient, QueueCounts, Task
 from taskraft.errors import TaskraftError
-from taskraft.local_cluster import LocalCluster
+from taskraft.local_cluster import HOST, LocalCluster
 from taskraft.local_cluster import free_base_port as free_layout_base_port
 from taskraft.queue.limits import LEASE_MS_MAX
+from taskraft.tls import TlsFiles, client_context
 
 _T = TypeVar("_T")
 
@@ -170,6 +174,9 @@ class Settings:
     scaling_nodes: tuple[int, ...]
     tick_interval_ms: int
     shutdown_timeout_ms: int | None
+    # Every node serves TLS on all ports (one certificate of a private authority), and the
+    # clients verify it: the same workloads with the cost of encryption.
+    tls: bool = False
 
     @property
     def lease_ms(self) -> int:
@@ -463,6 +470,25 @@ class Clusters:
         self.settings = settings
         self.running: list[LocalCluster] = []
         self._started = 0
+        self._tls: TlsFiles | None = None
+
+    def tls_files(self) -> TlsFiles | None:
+        """The nodes' TLS files with --tls (made once, for 127.0.0.1), else None."""
+        if not self.settings.tls:
+            return None
+        if self._tls is None:
+            directory = self.directory / "pki"
+            authority = CertificateAuthority.create(directory, "ca", "taskraft-bench-ca")
+            node = authority.issue(
+                directory,
+                "node",
+                common_name="taskraft-bench-node",
+                client=True,
+                server=True,
+                ip_addresses=(ipaddress.IPv4Address(HOST),),
+            )
+            self._tls = TlsFiles(node.certificate, node.private_key, authority.files.certificate)
+        return self._tls
 
     def start(self, nodes: int) -> LocalCluster:
         """A fresh cluster with a leader and every node ready; other ports if a node exits."""
@@ -478,6 +504,7 @@ class Clusters:
                 tick_interval_ms=self.settings.tick_interval_ms,
                 extra_arguments=extra_arguments,
                 log_level="warning",
+                tls=self.tls_files(),
             )
             self.running.append(cluster)
             cluster.start()
@@ -535,12 +562,23 @@ def print_log_tails(cluster: LocalCluster, lines: int = 15) -> None:
             say(f"   --- last lines of {node_id}'s log ---\n{tail}")
 
 
+def authority_of(cluster: LocalCluster) -> str | None:
+    tls = cluster.tls
+    return None if tls is None or tls.authority is None else str(tls.authority)
+
+
+def client_tls(authority: str | None) -> ssl.SSLContext | None:
+    return None if authority is None else client_context(authority)
+
+
 def run_with_client(cluster: LocalCluster, action: Callable[[AsyncClient], Awaitable[_T]]) -> _T:
     """Run one coroutine against the cluster with a fresh client (set-up and checks)."""
 
     async def go() -> _T:
         async with AsyncClient(
-            cluster.servers, request_timeout_s=CLIENT_REQUEST_TIMEOUT_S
+            cluster.servers,
+            request_timeout_s=CLIENT_REQUEST_TIMEOUT_S,
+            tls=client_tls(authority_of(cluster)),
         ) as client:
             return await action(client)
 
@@ -584,6 +622,9 @@ class WorkerSpec:
     lease_ms: int
     duration_max_s: float
     batch_size: int = 1
+    # The authority file the clients verify the nodes by (None: plain TCP); a path, because a
+    # context does not cross to the worker process.
+    authority: str | None = None
 
     @property
     def actors(self) -> int:
@@ -762,7 +803,11 @@ async def consume_batch_actor(
 async def run_worker(spec: WorkerSpec, connection: Connection, start: EventType) -> WorkerResult:
     result = WorkerResult()
     clients = [
-        AsyncClient(list(spec.servers), request_timeout_s=CLIENT_REQUEST_TIMEOUT_S)
+        AsyncClient(
+            list(spec.servers),
+            request_timeout_s=CLIENT_REQUEST_TIMEOUT_S,
+            tls=client_tls(spec.authority),
+        )
         for _ in range(spec.actors)
     ]
     try:
@@ -967,6 +1012,7 @@ class Bench:
             priority=MEASURED_PRIORITY,
             lease_ms=self.settings.lease_ms,
             duration_max_s=self.settings.duration_max_s,
+            authority=authority_of(cluster),
         )
 
     def enqueue(
@@ -1517,6 +1563,11 @@ def parse_arguments(argv: Sequence[str] | None) -> tuple[Settings, argparse.Name
     )
     parser.add_argument("--tick-interval-ms", type=int, help="the nodes' Raft tick interval (100)")
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port of every node, verified by the clients (default: plain TCP)",
+    )
+    parser.add_argument(
         "--shutdown-timeout-ms",
         type=int,
         help="the nodes' --shutdown-timeout-ms (server default, 10,000; quick: 1,000)",
@@ -1538,7 +1589,9 @@ def parse_arguments(argv: Sequence[str] | None) -> tuple[Settings, argparse.Name
         name: getattr(arguments, name) if getattr(arguments, name) is not None else default
         for name, default in defaults.items()
     }
-    settings = Settings(quick=arguments.quick, scaling_nodes=(1, 3, 5), **values)
+    settings = Settings(
+        quick=arguments.quick, scaling_nodes=(1, 3, 5), tls=arguments.tls, **values
+    )
     positive = (
         "nodes",
         "producers",
@@ -1579,6 +1632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report.machine = machine_facts(work_directory)
         mode = "quick (small counts: checks that it works)" if settings.quick else "full"
+        if settings.tls:
+            mode += ", TLS on every port"
         say(f"taskraft queue benchmark, {mode}; nodes' data under {work_directory}")
         machine = report.machine
         say(

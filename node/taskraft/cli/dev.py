@@ -4,18 +4,26 @@ It starts `--nodes` `taskraft serve` processes (see taskraft.local_cluster for i
 waits for a leader, prints where to reach them, and keeps them running until Ctrl-C or SIGTERM,
 when it stops each node cleanly and exits 0. A node that exits on its own is reported and left
 down (restart `taskraft dev` to bring it back with its data, when `--data-dir` is given).
+
+With `--tls`, every node serves TLS on all its ports with one certificate for 127.0.0.1, issued
+by a private authority made in the data directory (kept there, so a restart with the same
+`--data-dir` keeps trusting it); the command prints the authority's path for the clients
+(`TASKRAFT_TLS_CA`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskraft.local_cluster import LocalCluster
+from taskraft.certificates import CertificateAuthority
+from taskraft.local_cluster import HOST, LocalCluster
+from taskraft.tls import TlsFiles, client_context
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -56,12 +64,35 @@ def register_dev_command(subparsers: SubParsers) -> None:
         "--tick-interval-ms", type=int, default=100, help="Raft tick of every node (default 100)"
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port, from a private authority made in the data directory",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="the nodes' log verbosity",
     )
     parser.set_defaults(handler=run_dev)
+
+
+def local_tls_files(directory: Path) -> TlsFiles:
+    """The authority and the nodes' certificate in `directory`, made when not there yet."""
+    files = TlsFiles(directory / "node.crt", directory / "node.key", directory / "ca.crt")
+    if all(path.exists() for path in (files.certificate, files.key, directory / "ca.crt")):
+        return files
+    authority = CertificateAuthority.create(directory, "ca", "taskraft-dev-ca")
+    node = authority.issue(
+        directory,
+        "node",
+        common_name="taskraft-dev",
+        client=True,
+        server=True,
+        dns_names=("localhost",),
+        ip_addresses=(ipaddress.IPv4Address(HOST),),
+    )
+    return TlsFiles(node.certificate, node.private_key, authority.files.certificate)
 
 
 def run_dev(arguments: argparse.Namespace) -> int:
@@ -87,6 +118,9 @@ def run_dev(arguments: argparse.Namespace) -> int:
         tick_interval_ms=arguments.tick_interval_ms,
         log_level=arguments.log_level,
     )
+    if arguments.tls:
+        cluster.tls = local_tls_files(cluster.directory / "tls")
+        cluster.http_tls = client_context(cluster.tls.authority)
     try:
         cluster.start()
         print(f"started {arguments.nodes} nodes; data and logs in {cluster.directory}", flush=True)
@@ -102,6 +136,8 @@ def run_dev(arguments: argparse.Namespace) -> int:
                 f"http {node.http_address}  ({role})  pid {cluster.pid(node.node_id)}"
             )
         print(f"export TASKRAFT_SERVERS={','.join(cluster.servers)}")
+        if cluster.tls is not None:
+            print(f"export TASKRAFT_TLS_CA={cluster.tls.authority}")
         print("Ctrl-C stops the cluster.", flush=True)
         reported: set[str] = set()
         while not stop_requested.wait(_SUPERVISE_INTERVAL_S):
