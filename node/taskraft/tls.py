@@ -29,14 +29,26 @@ authority added to CA is trusted at once; one removed stays trusted until the no
 `client_context` builds what a client (the Python client, the CLI, the operator) uses: verify
 the node against CA (or the system's authorities), check the host name, and optionally present
 a client certificate.
+
+`TlsAcceptor` serves TLS on a plain listening socket. The node's servers accept plain TCP and
+wrap each admitted connection in asyncio's own TLS protocol, so that a connection is admitted
+(or refused, at no cost) before its TLS handshake, and the handshakes under way at once are
+bounded (`pending_max`) as well as timed out: a flood of half-open handshakes cannot take every
+file descriptor nor the event loop's time. (The loop's `create_server(ssl=...)` would handshake
+first and let the protocol count the connection only afterwards; accepting plain and calling
+`start_tls` later is not an option with uvloop, which reads the first bytes before the protocol
+can pause.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
 import ssl
+from asyncio import sslproto
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +212,74 @@ def client_context(
                 f"cannot use client certificate {certificate} with key {key}: {error}"
             ) from None
     return context
+
+
+class RefusedConnection(asyncio.Protocol):
+    """What a refused connection gets: closed as soon as it is accepted, nothing read or
+    written (a TLS client could not read a plain error message anyway)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            transport.close()
+
+
+class TlsAcceptor:
+    """The server side of TLS for connections a plain listener accepted (module docstring).
+
+    `wrap(app, made=...)` returns the protocol to give the loop for one accepted connection:
+    asyncio's TLS protocol around `app`, which gets `connection_made` once the handshake is done
+    and then speaks plain bytes. None when `pending_max` handshakes are under way already: the
+    caller refuses the connection (`RefusedConnection`). `made()` says whether `app` was
+    connected; a connection that ends without it (a failed, timed-out or abandoned handshake) is
+    counted in `failures` and reported to `on_failure` with the error, if there was one.
+    """
+
+    def __init__(
+        self, context: ssl.SSLContext, *, handshake_timeout_s: float, pending_max: int
+    ) -> None:
+        if handshake_timeout_s <= 0 or pending_max < 1:
+            raise ValueError("handshake_timeout_s must be positive and pending_max at least 1")
+        self.context = context
+        self.handshake_timeout_s = handshake_timeout_s
+        self.pending_max = pending_max
+        # Handshakes under way now; those that failed; connections refused at pending_max.
+        self.pending = 0
+        self.failures = 0
+        self.refused = 0
+
+    def wrap(
+        self,
+        app: asyncio.BaseProtocol,
+        *,
+        made: Callable[[], bool],
+        on_failure: Callable[[BaseException | None], None] | None = None,
+    ) -> asyncio.BaseProtocol | None:
+        if self.pending >= self.pending_max:
+            self.refused += 1
+            return None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.pending += 1
+
+        def finished(future: asyncio.Future[None]) -> None:
+            self.pending -= 1
+            error = None if future.cancelled() else future.exception()
+            if error is not None or not made():
+                self.failures += 1
+                logger.debug("TLS handshake failed: %r", error)
+                if on_failure is not None:
+                    on_failure(error)
+
+        waiter.add_done_callback(finished)
+        return sslproto.SSLProtocol(
+            loop,
+            app,
+            self.context,
+            waiter,
+            server_side=True,
+            # Any number of seconds (typeshed says int).
+            ssl_handshake_timeout=self.handshake_timeout_s,  # type: ignore[arg-type]
+        )

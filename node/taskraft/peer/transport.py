@@ -83,6 +83,7 @@ from taskraft.peer.limits import (
 )
 from taskraft.raft.messages import Message
 from taskraft.raft.types import NodeId
+from taskraft.tls import RefusedConnection, TlsAcceptor
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,11 @@ REFUSAL_REASONS: dict[str, tuple[str, ...]] = {
     # cluster_id: a node of another cluster id; unauthenticated: no valid challenge and proof
     # after the handshake (a node without the cluster secret); bad_proof: a proof made with
     # another secret; unknown_sender: authenticated, but refused by admit_sender (not in this
-    # node's configuration); timeout: no handshake (and proof) within the handshake timeout.
+    # node's configuration); timeout: no handshake (and proof) within the handshake timeout;
+    # tls: the TLS handshake failed (no certificate, or one the cluster's authority did not
+    # issue, or no TLS at all).
     "incoming": (
+        "tls",
         "malformed",
         "cluster_id",
         "unauthenticated",
@@ -111,8 +115,9 @@ REFUSAL_REASONS: dict[str, tuple[str, ...]] = {
     # Connections this node made whose authentication failed: closed: the peer closed the
     # connection instead of answering (it refused this node); malformed: the answer was not
     # one; bad_proof: the peer's proof is wrong (another secret, or another node at the
-    # address); timeout: no answer within the handshake timeout.
-    "outgoing": ("closed", "malformed", "bad_proof", "timeout"),
+    # address); timeout: no answer within the handshake timeout; tls: the TLS handshake failed
+    # (the peer's certificate is not of the cluster's authority or does not name the host).
+    "outgoing": ("tls", "closed", "malformed", "bad_proof", "timeout"),
 }
 """Why peer connections are refused, by side: the labels of the refusal counters."""
 
@@ -198,7 +203,9 @@ class PeerTransport:
 
     `tls_server` and `tls_client` (taskraft.tls.NodeTls) put every connection under mutual TLS:
     accepted ones with the first, dialed ones with the second, which also checks that the
-    peer's certificate names the host dialed. The TLS handshake comes before everything above.
+    peer's certificate names the host dialed. The TLS handshake comes before everything above;
+    an accepted connection is admitted (incoming_connections_max) before it, and the handshake
+    timeout covers both. A failed TLS handshake is refused with the reason `tls`.
     """
 
     def __init__(
@@ -235,12 +242,20 @@ class PeerTransport:
         self._cluster_id = cluster_id
         self._secret = cluster_secret
         self._admit_sender = admit_sender
-        self._tls_server = tls_server
         self._tls_client = tls_client
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._on_message = on_message
         self._limits = limits or TransportLimits()
+        self._tls_acceptor = (
+            None
+            if tls_server is None
+            else TlsAcceptor(
+                tls_server,
+                handshake_timeout_s=self._limits.handshake_timeout_ms / 1000,
+                pending_max=self._limits.incoming_connections_max,
+            )
+        )
         self._random = random_source or random.Random()
         self._handshake_frame = encode_handshake(
             PeerHandshake(
@@ -281,16 +296,16 @@ class PeerTransport:
             raise LocalPeerError("start() after close()")
         if self._server is not None:
             raise LocalPeerError("start() called twice")
-        self._server = await asyncio.start_server(
-            self._accept,
-            self._listen_host,
-            self._listen_port,
-            limit=READ_CHUNK_SIZE_BYTES,
-            ssl=self._tls_server,
-            ssl_handshake_timeout=(
-                None if self._tls_server is None else self._limits.handshake_timeout_ms / 1000
-            ),
-        )
+        if self._tls_acceptor is None:
+            self._server = await asyncio.start_server(
+                self._accept, self._listen_host, self._listen_port, limit=READ_CHUNK_SIZE_BYTES
+            )
+        else:
+            # Plain TCP, each connection admitted (incoming_connections_max) before its TLS
+            # handshake (taskraft.tls.TlsAcceptor), so handshakes under way count.
+            self._server = await asyncio.get_running_loop().create_server(
+                self._new_tls_connection, self._listen_host, self._listen_port
+            )
         logger.info("peer transport of %s listening on %s", self._node_id, self.listen_address)
 
     @property
@@ -467,6 +482,10 @@ class PeerTransport:
                     ssl=self._tls_client,
                     server_hostname=None if self._tls_client is None else host,
                 )
+        except ssl.SSLError as error:
+            # Reached, but not the cluster's node: not a network failure.
+            self._refuse_outgoing(link, "tls", f"TLS handshake failed: {error}")
+            return None
         except (OSError, TimeoutError) as error:
             # The first failure of a series is worth a warning; the retries are not.
             level = logging.WARNING if first_failure else logging.DEBUG
@@ -623,13 +642,61 @@ class PeerTransport:
 
     # -- incoming connections ------------------------------------------------------------------
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Called by the server for each accepted connection; serves it in a tracked task."""
+    def _new_tls_connection(self) -> asyncio.BaseProtocol:
+        """The protocol of a connection just accepted under TLS: admitted now, before the
+        handshake (`_accept` once it is done); a refused one is closed at once."""
+        acceptor = self._tls_acceptor
+        assert acceptor is not None
+        if self._closed or self._incoming_full(len(self._incoming) + acceptor.pending):
+            return RefusedConnection()
+        accepted: list[bool] = []
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(True)
+            self._accept(reader, writer, admitted=True)
+
+        reader = asyncio.StreamReader(limit=READ_CHUNK_SIZE_BYTES)
+        wrapped = acceptor.wrap(
+            asyncio.StreamReaderProtocol(reader, connected),
+            made=lambda: bool(accepted),
+            on_failure=self._tls_refused,
+        )
+        return RefusedConnection() if wrapped is None else wrapped
+
+    def _tls_refused(self, error: BaseException | None) -> None:
+        self._counters.incoming_errors += 1
+        self._refuse_incoming(
+            "tls",
+            logging.WARNING,
+            "refusing a peer connection: its TLS handshake failed: %r",
+            error,
+        )
+
+    def _incoming_full(self, open_connections: int) -> bool:
+        """Whether a new connection must be refused: incoming_connections_max are open (or
+        in their TLS handshake) already."""
+        if open_connections < self._limits.incoming_connections_max:
+            return False
+        self._counters.incoming_refused += 1
+        logger.warning(
+            "refusing a peer connection: %d connections are open already", open_connections
+        )
+        return True
+
+    def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        admitted: bool = False,
+    ) -> None:
+        """Called by the server for each accepted connection (under TLS, once its handshake is
+        done, `admitted` before it); serves it in a tracked task."""
         peer_address = writer.get_extra_info("peername")
         if self._closed:
             writer.transport.abort()
             return
-        if len(self._incoming) >= self._limits.incoming_connections_max:
+        if not admitted and len(self._incoming) >= self._limits.incoming_connections_max:
             self._counters.incoming_refused += 1
             logger.warning(
                 "refusing a peer connection from %s: %d connections are open already",

@@ -86,6 +86,7 @@ from taskraft.queue.limits import LEASE_MS_DEFAULT
 from taskraft.raft import Role
 from taskraft.server.authentication import Identity, TokenStore, operation_permission
 from taskraft.server.replica import Replica
+from taskraft.tls import RefusedConnection, TlsAcceptor
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +145,16 @@ class ClientListener:
         # The tokens a handshake must present; None serves everyone (no authentication).
         self.tokens = tokens
         # TLS on this port (taskraft.tls); None: plain TCP. The TLS handshake has the same
-        # deadline as the protocol's handshake.
+        # deadline as the protocol's handshake (each); handshakes under way count as
+        # connections, and at most connections_max of them run at once.
         self.tls = tls
+        self._tls_acceptor = (
+            None
+            if tls is None
+            else TlsAcceptor(
+                tls, handshake_timeout_s=handshake_timeout_s, pending_max=connections_max
+            )
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[_ClientConnection] = set()
         # Every request task of every connection, including those of connections closing.
@@ -183,13 +192,9 @@ class ClientListener:
         if self._server is not None:
             raise RuntimeError("the client listener is already started")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ClientConnection(self),
-            self._host,
-            self._port,
-            ssl=self.tls,
-            ssl_handshake_timeout=None if self.tls is None else self.handshake_timeout_s,
-        )
+        # Plain TCP even under TLS: a connection is admitted first (connections_max), then
+        # wrapped in TLS (taskraft.tls.TlsAcceptor), so handshakes under way count.
+        self._server = await loop.create_server(self._new_connection, self._host, self._port)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -202,6 +207,33 @@ class ClientListener:
     @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    @property
+    def tls_handshake_failures(self) -> int:
+        """TLS handshakes that failed: a client that does not trust this node, one whose
+        certificate this node does not trust, one that spoke no TLS, or a timeout."""
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.failures
+
+    def _new_connection(self) -> asyncio.BaseProtocol:
+        """The protocol of a connection just accepted: under TLS, admitted now, before its
+        handshake (a refused one is closed at once)."""
+        connection = _ClientConnection(self)
+        acceptor = self._tls_acceptor
+        if acceptor is None:
+            return connection
+        if self._admit(connection) is not None:
+            return RefusedConnection()
+        connection.admitted = True
+        wrapped = acceptor.wrap(
+            connection,
+            made=lambda: connection.made,
+            on_failure=lambda error: connection._end(),
+        )
+        if wrapped is None:
+            self._forget(connection)
+            self.connections_refused += 1
+            return RefusedConnection()
+        return wrapped
 
     @property
     def long_polls_waiting(self) -> int:
@@ -704,16 +736,25 @@ class _ClientConnection(asyncio.Protocol):
         self._writable.set()
         self._client_done = False  # the client ended its stream
         self._closed = False
+        # Admitted by the listener before the TLS handshake; connected (after it, under TLS).
+        self.admitted = False
+        self.made = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's do not derive from asyncio.Transport, but behave alike).
         self._transport = cast(asyncio.Transport, transport)
-        refusal = self._listener._admit(self)
-        if refusal is not None:
-            self._fail(refusal)
+        self.made = True
+        if self._closed:
+            # The listener closed while the TLS handshake was under way.
+            self._transport.abort()
             return
+        if not self.admitted:
+            refusal = self._listener._admit(self)
+            if refusal is not None:
+                self._fail(refusal)
+                return
         timeout = self._listener.handshake_timeout_s
         self._handshake_timer = asyncio.get_running_loop().call_later(
             timeout, self._handshake_expired, timeout
@@ -831,6 +872,10 @@ class _ClientConnection(asyncio.Protocol):
 
     def shut_down(self, error: TaskraftError) -> None:
         """Tell the client why, close, and cancel the requests in flight."""
+        if not self.made:
+            # Its TLS handshake is under way: it is aborted once connected.
+            self._end()
+            return
         if not self._closed:
             self._fail(error)
         transport = self._transport

@@ -58,6 +58,7 @@ from taskraft.protocol.schema import error_to_wire
 from taskraft.raft import LogIndex, MembershipChange, MembershipChangeKind, NodeId, Role
 from taskraft.server.authentication import Permission
 from taskraft.server.metrics import NodeMetrics
+from taskraft.tls import RefusedConnection, TlsAcceptor
 
 if TYPE_CHECKING:
     from taskraft.server.node import Node
@@ -99,6 +100,10 @@ _HTTP_STATUS_OF_ERROR: dict[int, int] = {
 
 # The route that may require a token or not, as `metrics_require_token` says.
 _METRICS_PATH = "/metrics"
+# Under TLS: a connection's TLS handshake must end this soon, and at most this many run at once
+# (beyond, a new connection is closed unserved).
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+TLS_HANDSHAKES_MAX = REQUESTS_IN_FLIGHT_MAX
 
 
 class HttpApi:
@@ -112,8 +117,18 @@ class HttpApi:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._node = node
-        # HTTPS with this context (taskraft.tls); None: plain HTTP.
-        self._tls = tls
+        # HTTPS with this context (taskraft.tls), each connection's handshake bounded in time and
+        # in number before it is served; None: plain HTTP.
+        self._tls_acceptor = (
+            None
+            if tls is None
+            else TlsAcceptor(
+                tls,
+                handshake_timeout_s=TLS_HANDSHAKE_TIMEOUT_S,
+                pending_max=TLS_HANDSHAKES_MAX,
+            )
+        )
+        self._tls_server: asyncio.Server | None = None
         self._host = host
         self._port = port
         self.metrics = metrics
@@ -158,18 +173,41 @@ class HttpApi:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._application, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            self._host,
-            self._port,
-            backlog=REQUESTS_IN_FLIGHT_MAX,
-            ssl_context=self._tls,
+        if self._tls_acceptor is None:
+            site = web.TCPSite(
+                self._runner, self._host, self._port, backlog=REQUESTS_IN_FLIGHT_MAX
+            )
+            await site.start()
+            return
+        # aiohttp's sites handshake before anything counts a connection: its request handlers
+        # are served through a TlsAcceptor instead.
+        self._tls_server = await asyncio.get_running_loop().create_server(
+            self._new_tls_connection, self._host, self._port, backlog=REQUESTS_IN_FLIGHT_MAX
         )
-        await site.start()
+
+    def _new_tls_connection(self) -> asyncio.BaseProtocol:
+        assert self._runner is not None and self._tls_acceptor is not None
+        server = self._runner.server
+        assert server is not None
+        handler = server()
+        wrapped = self._tls_acceptor.wrap(handler, made=lambda: handler.transport is not None)
+        return RefusedConnection() if wrapped is None else wrapped
+
+    @property
+    def tls_handshake_failures(self) -> int:
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.failures
+
+    @property
+    def tls_handshakes_refused(self) -> int:
+        """Connections closed unserved because TLS_HANDSHAKES_MAX handshakes were under way."""
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.refused
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); with port 0, the port the system picked."""
+        if self._tls_server is not None and self._tls_server.sockets:
+            host, port = self._tls_server.sockets[0].getsockname()[:2]
+            return str(host), int(port)
         addresses = [] if self._runner is None else self._runner.addresses
         if not addresses:
             raise RuntimeError("the HTTP API is not listening")
@@ -177,6 +215,9 @@ class HttpApi:
         return str(host), int(port)
 
     async def close(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -363,7 +404,9 @@ class HttpApi:
         http_address = self._node.http_address_of(leader_id)
         if http_address is None:
             return _error_response(self._not_leader(leader_id))
-        location = f"http://{http_address}{request.path_qs}"
+        # Every node of a cluster serves TLS or none does: the leader speaks this scheme too.
+        scheme = "http" if self._tls_acceptor is None else "https"
+        location = f"{scheme}://{http_address}{request.path_qs}"
         response = _error_response(
             self._not_leader(leader_id), status=307, leader_http=http_address
         )
