@@ -17,12 +17,12 @@ beside a TLS one: a node either encrypts everything or nothing.
   The cluster secret (`--cluster-secret-file`) still proves membership on top of it.
 - Versions and ciphers: TLS 1.2 or newer, with OpenSSL's default secure ciphers.
 
-Rotation: `NodeTls.reload_if_changed` looks at the three files' identities (device, inode,
-size, modification and change times; a Kubernetes Secret volume swaps them through a symlink)
-and, when one changed, loads them into a scratch context first. Only if that succeeds (a key
-that does not match its certificate, or a half-written file, fails) are they loaded into the
-live contexts, which every new connection uses from then on; connections already open keep
-their session. A failed reload keeps the certificate in force and logs once per change. An
+Rotation: `NodeTls.reload_if_changed` reads the three files (a Kubernetes Secret volume swaps
+them through a symlink) and, when their contents changed, loads that one reading into a scratch
+context first. Only if that succeeds (a key that does not match its certificate, or a
+half-written file, fails) is the same reading loaded into the live contexts, which every new
+connection uses from then on; connections already open keep their session. A failed reload
+keeps the certificate in force, logs once per change and is tried again later. An
 authority added to CA is trusted at once; one removed stays trusted until the node restarts
 (OpenSSL can add to a live trust store but not take away), which docs/security.md says.
 
@@ -43,18 +43,24 @@ can pause.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import hashlib
 import logging
 import os
 import ssl
+import tempfile
+import time
 from asyncio import sslproto
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_FileIdentity = tuple[int, int, int, int, int]
+# A failed reload of the same files is tried again after this long (a passing error: out of
+# file descriptors, say); files that change are tried at once.
+RELOAD_RETRY_INTERVAL_S = 30.0
 
 
 class TlsConfigurationError(ValueError):
@@ -70,9 +76,66 @@ class TlsFiles:
     authority: Path | None = None
 
 
-def _file_identity(path: Path) -> _FileIdentity:
-    status = os.stat(path)
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+@dataclass(frozen=True, slots=True)
+class _Material:
+    """The contents of the TLS files as read at one moment: what is loaded is exactly this."""
+
+    certificate: bytes
+    key: bytes
+    authority: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(b"\0".join((self.certificate, self.key, self.authority))).digest()
+
+
+def _read_material(files: TlsFiles) -> _Material:
+    contents = []
+    for path in (files.certificate, files.key, files.authority):
+        if path is None:
+            contents.append(b"")
+            continue
+        try:
+            contents.append(path.read_bytes())
+        except FileNotFoundError:
+            raise TlsConfigurationError(f"TLS file not found: {path}") from None
+        except OSError as error:
+            raise TlsConfigurationError(f"cannot read {path}: {error.strerror}") from None
+    return _Material(*contents)
+
+
+@contextlib.contextmanager
+def _private_files(*contents: bytes) -> Iterator[list[str]]:
+    """Paths from which OpenSSL can read `contents`: anonymous memory files where the system
+    has them (a key never touches a disk again), else a private temporary directory."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        descriptors: list[int] = []
+        try:
+            for content in contents:
+                descriptor = os.memfd_create("taskraft-tls", os.MFD_CLOEXEC)
+                descriptors.append(descriptor)
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(descriptor, view) :]
+            yield [f"/proc/self/fd/{descriptor}" for descriptor in descriptors]
+        finally:
+            for descriptor in descriptors:
+                os.close(descriptor)
+        return
+    with tempfile.TemporaryDirectory(prefix="taskraft-tls-") as directory:
+        paths = []
+        for index, content in enumerate(contents):
+            path = Path(directory) / str(index)
+            path.touch(mode=0o600)
+            path.write_bytes(content)
+            paths.append(str(path))
+        yield paths
+
+
+def _no_passphrase() -> bytes:
+    # Called only for an encrypted key, which is not supported: the load then fails instead of
+    # OpenSSL asking on a terminal.
+    return b""
 
 
 def _base_context(purpose: int) -> ssl.SSLContext:
@@ -81,34 +144,33 @@ def _base_context(purpose: int) -> ssl.SSLContext:
     return context
 
 
-def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
-    """Load `files` into `context`, or raise TlsConfigurationError naming what is wrong."""
+def _load(context: ssl.SSLContext, material: _Material, files: TlsFiles) -> None:
+    """Load `material` (read from `files`) into `context`, or raise TlsConfigurationError
+    naming what is wrong."""
     try:
-        context.load_cert_chain(files.certificate, files.key)
-    except FileNotFoundError as error:
-        raise TlsConfigurationError(f"TLS file not found: {error.filename}") from None
+        with _private_files(material.certificate, material.key) as (certificate, key):
+            context.load_cert_chain(certificate, key, password=_no_passphrase)
     except (ssl.SSLError, OSError) as error:
         raise TlsConfigurationError(
-            f"cannot use certificate {files.certificate} with key {files.key}: {error}"
+            f"cannot use certificate {files.certificate} with key {files.key} (a key must be "
+            f"unencrypted PEM): {error}"
         ) from None
     if files.authority is not None:
         try:
-            context.load_verify_locations(cafile=files.authority)
-        except FileNotFoundError:
-            raise TlsConfigurationError(f"TLS file not found: {files.authority}") from None
-        except (ssl.SSLError, OSError) as error:
+            context.load_verify_locations(cadata=material.authority.decode("ascii"))
+        except (ssl.SSLError, ValueError) as error:
             raise TlsConfigurationError(
                 f"cannot read the trusted authorities {files.authority}: {error}"
             ) from None
 
 
-def certificate_not_after(path: Path) -> float | None:
-    """When the first certificate in `path` expires (Unix seconds), or None if it cannot be read."""
+def certificate_not_after(pem: bytes) -> float | None:
+    """When the first certificate in `pem` expires (Unix seconds), or None if it is not one."""
     try:
         from cryptography import x509
 
-        certificate = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError, ImportError):
+        certificate = x509.load_pem_x509_certificate(pem)
+    except (ValueError, ImportError):
         return None
     not_after: datetime.datetime = certificate.not_valid_after_utc
     return not_after.timestamp()
@@ -121,12 +183,13 @@ class NodeTls:
     `peer_client` dials them (module docstring).
     """
 
-    def __init__(self, files: TlsFiles) -> None:
+    def __init__(self, files: TlsFiles, *, clock: Callable[[], float] = time.monotonic) -> None:
         if files.authority is None:
             raise TlsConfigurationError(
                 "TLS needs the trusted authorities too (--tls-ca): the peer port is mutual TLS"
             )
         self.files = files
+        self._clock = clock
         self.client_port = _base_context(ssl.PROTOCOL_TLS_SERVER)
         self.client_port.verify_mode = ssl.CERT_OPTIONAL
         self.peer_server = _base_context(ssl.PROTOCOL_TLS_SERVER)
@@ -134,57 +197,74 @@ class NodeTls:
         self.peer_client = _base_context(ssl.PROTOCOL_TLS_CLIENT)
         self.peer_client.check_hostname = True
         self.peer_client.verify_mode = ssl.CERT_REQUIRED
-        self._identities = self._current_identities()
+        material = _read_material(files)
         for context in self.contexts:
-            _load(context, files)
+            _load(context, material, files)
+        self._digest = material.digest
         # Successful and failed reloads since the start, for metrics and tests.
         self.reloads = 0
         self.reload_failures = 0
-        self.not_after = certificate_not_after(files.certificate)
-        self._failed_identities: tuple[_FileIdentity | None, ...] | None = None
+        self.not_after = certificate_not_after(material.certificate)
+        # What failed last (the files' digest, or the error when they could not be read), and
+        # when it may be tried again.
+        self._failed: bytes | str | None = None
+        self._retry_at = 0.0
 
     @property
     def contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (self.client_port, self.peer_server, self.peer_client)
 
-    def _paths(self) -> tuple[Path, ...]:
-        files = self.files
-        return (files.certificate, files.key) + (
-            () if files.authority is None else (files.authority,)
-        )
-
-    def _current_identities(self) -> tuple[_FileIdentity | None, ...]:
-        identities: list[_FileIdentity | None] = []
-        for path in self._paths():
-            try:
-                identities.append(_file_identity(path))
-            except OSError:
-                identities.append(None)
-        return tuple(identities)
-
     def reload_if_changed(self) -> bool:
-        """Load the files again if any changed since the last look; True when they were."""
-        identities = self._current_identities()
-        if identities == self._identities or identities == self._failed_identities:
-            return False
-        scratch = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        """Load the files again if they changed since the last look; True when they were.
+
+        What is loaded is one reading of the files, first into a scratch context, then into
+        each live one, so every context ends with the same certificate. A reading that cannot
+        be used (a key that does not fit: the files are being replaced one by one, say) is
+        read again at once, then left until the files change, or RELOAD_RETRY_INTERVAL_S.
+        """
+        for attempt in (1, 2):
+            try:
+                material = _read_material(self.files)
+            except TlsConfigurationError as error:
+                return self._reload_failed(str(error), error)
+            if material.digest == self._digest:
+                return False
+            if material.digest == self._failed and self._clock() < self._retry_at:
+                return False
+            try:
+                _load(_base_context(ssl.PROTOCOL_TLS_SERVER), material, self.files)
+            except TlsConfigurationError as error:
+                if attempt == 1:
+                    continue  # perhaps caught halfway through a replacement: read again
+                return self._reload_failed(material.digest, error)
+            break
         try:
-            _load(scratch, self.files)
+            for context in self.contexts:
+                _load(context, material, self.files)
         except TlsConfigurationError as error:
-            self.reload_failures += 1
-            self._failed_identities = identities
+            # The scratch load of the same bytes worked: a passing error (no memory, no file
+            # descriptor). Contexts loaded already serve the new certificate; all are loaded
+            # again on the retry.
+            return self._reload_failed(material.digest, error)
+        self._digest = material.digest
+        self._failed = None
+        self.reloads += 1
+        self.not_after = certificate_not_after(material.certificate)
+        logger.info("TLS certificate reloaded from %s", self.files.certificate)
+        return True
+
+    def _reload_failed(self, failed: bytes | str, error: TlsConfigurationError) -> bool:
+        now = self._clock()
+        if failed == self._failed and now < self._retry_at:
+            return False
+        if failed != self._failed:
             logger.error(
                 "TLS files changed but cannot be used; keeping the current ones: %s", error
             )
-            return False
-        for context in self.contexts:
-            _load(context, self.files)
-        self._identities = identities
-        self._failed_identities = None
-        self.reloads += 1
-        self.not_after = certificate_not_after(self.files.certificate)
-        logger.info("TLS certificate reloaded from %s", self.files.certificate)
-        return True
+        self.reload_failures += 1
+        self._failed = failed
+        self._retry_at = now + RELOAD_RETRY_INTERVAL_S
+        return False
 
 
 def client_context(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 import ssl
 from collections.abc import Mapping
@@ -104,22 +103,31 @@ def secret_text(secret: Mapping[str, Any], key: str) -> str | None:
 
 @dataclass(slots=True)
 class TrustCache:
-    """The SSL context built from the last authority seen, kept while it does not change."""
+    """The SSL context of the authorities the operator trusts the nodes by, kept while they do
+    not change.
 
-    authority_digest: bytes | None = None
+    When `ca.crt` changes (the authority is rotated), the previous authority stays trusted
+    along with the new one until the next change (or a restart of the operator): the pods see
+    the new files only when the kubelet updates their volumes, and until then serve
+    certificates of the old one.
+    """
+
+    authority: str | None = None
+    previous: str | None = None
     context: ssl.SSLContext | None = field(default=None, repr=False)
 
     def context_for(self, authority_pem: str) -> ssl.SSLContext:
-        digest = hashlib.sha256(authority_pem.encode()).digest()
-        if self.context is None or digest != self.authority_digest:
+        if self.context is None or authority_pem != self.authority:
+            previous = self.authority if self.authority is not None else self.previous
+            trusted = authority_pem if previous is None else f"{authority_pem}\n{previous}"
             try:
-                context = ssl.create_default_context(cadata=authority_pem)
+                context = ssl.create_default_context(cadata=trusted)
             except (ssl.SSLError, ValueError) as error:
                 raise CredentialsUnavailable(
                     f"its {TLS_AUTHORITY_KEY} is not PEM: {error}"
                 ) from None
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-            self.context, self.authority_digest = context, digest
+            self.context, self.authority, self.previous = context, authority_pem, previous
         return self.context
 
 
@@ -130,6 +138,7 @@ async def ensure_credentials(
     name = credentials_secret_name(desired.name)
     secret = await api.get(SECRETS, desired.namespace, name)
     if secret is not None:
+        _check_owner(secret, owner, name)
         return secret, False
     manifest = owned_manifest(credentials_manifest(desired, generate_credentials()), owner)
     try:
@@ -141,7 +150,21 @@ async def ensure_credentials(
     secret = await api.get(SECRETS, desired.namespace, name)
     if secret is None:
         raise CredentialsUnavailable(f"the Secret {name} was created and is gone again")
+    _check_owner(secret, owner, name)
     return secret, False
+
+
+def _check_owner(secret: Mapping[str, Any], owner: Mapping[str, Any], name: str) -> None:
+    """The Secret must be this QueueCluster's: one planted beforehand, or the leftover of a
+    deleted cluster of the same name not yet collected, is not used (nor overwritten)."""
+    uid = (owner.get("metadata") or {}).get("uid")
+    references = (secret.get("metadata") or {}).get("ownerReferences") or []
+    if not any(reference.get("uid") == uid for reference in references):
+        raise CredentialsUnavailable(
+            f"the Secret {name} exists but this QueueCluster did not make it (no owner "
+            "reference to it): delete it to have credentials made, or, to keep it, add an "
+            "ownerReference to the QueueCluster"
+        )
 
 
 async def node_access(
@@ -160,7 +183,9 @@ async def node_access(
             "them, or delete the Secret to have new credentials made (every client then needs "
             "the new tokens, and the pods a restart)"
         )
-    token = secret_text(secret, ADMIN_TOKEN_KEY) if desired.authentication else None
+    # Sent whenever there is one: a node without tokens ignores it, and one that has not yet
+    # restarted after authentication was turned off still requires it.
+    token = secret_text(secret, ADMIN_TOKEN_KEY)
     if desired.tls_secret_name is None:
         return NodeAccess(token=token)
     tls_secret = await api.get(SECRETS, desired.namespace, desired.tls_secret_name)

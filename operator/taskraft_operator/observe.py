@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import kopf
@@ -473,7 +473,21 @@ class NodeHttp:
                 location = response.headers.get("Location")
                 status = response.status
             if status in (307, 308) and location:
-                url = urljoin(url, location)
+                target = urljoin(url, location)
+                if urlsplit(target).scheme != access.scheme:
+                    # The token is never sent over another scheme (a plain redirect from a TLS
+                    # cluster would carry it in the clear).
+                    return NodeAnswer(
+                        status=502,
+                        document={
+                            "error": {
+                                "message": f"refused a redirect from {access.scheme} to "
+                                f"{urlsplit(target).scheme}"
+                            }
+                        },
+                        url=url,
+                    )
+                url = target
                 continue
             return NodeAnswer(status=status, document=_json_or_none(text), url=url)
         return NodeAnswer(

@@ -259,6 +259,13 @@ def test_integers_written_with_a_fraction_or_an_exponent_are_integers(base_url: 
     )
     assert status == 400, answer
     assert json.loads(answer)["error"]["name"] == "bad_request"
+    # Exponents beyond what any number type holds: a client error, not a crash of the handler.
+    for number in (b"1e999999999999999999999", b"-1e-999999999999999999999", b"1e400"):
+        status, answer = _request(
+            base_url, "POST", "/v1/queues", b'{"queue": "huge", "max_size": ' + number + b"}"
+        )
+        assert status == 400, (number, answer)
+        assert json.loads(answer)["error"]["name"] == "bad_request"
 
 
 @pytest.mark.parametrize("operation_id", NEGATIVE_OPERATION_IDS)

@@ -15,7 +15,8 @@ What is proven, against one single-node cluster started once for the module with
 
 Other nodes, each started for its test: one without `--auth-token-file`, which logs a warning and
 serves everyone as before; one with a malformed file, which refuses to start naming the line; one
-with `--metrics-require-token`; one with `--requests-per-token-max 2`, where a token's third
+with `--metrics-require-token`; one with `--requests-per-token-max 2` (counted on the client
+port and the HTTP API together), where a token's third
 waiting dequeue (across connections) is answered `overloaded` on a connection that stays open,
 another token is served, and `/metrics` shows the rejection and the in-flight gauge by token name.
 
@@ -667,6 +668,10 @@ def test_requests_per_token_max_refuses_a_third_waiting_dequeue_of_one_token(
             assert name not in refused.message
         rejections = "taskraft_token_limit_rejections_total"
         assert token_metric(http_address, rejections, "worker") == 1
+        # The same count on the HTTP API: the token's third request there is refused too.
+        answer = http("GET", http_address, "/v1/queues/limited/count", token=TOKENS["client"])
+        assert answer.status == 429, answer
+        assert token_metric(http_address, rejections, "worker") == 2
         # The other token is served meanwhile; its two tasks end the two waits.
         for payload in (b"one", b"two"):
             enqueued = other.call(Enqueue(queue="limited", payload=payload, priority=0))
@@ -677,7 +682,10 @@ def test_requests_per_token_max_refuses_a_third_waiting_dequeue_of_one_token(
             assert isinstance(event.result, DeliveredTask), event
         wait_until(lambda: worker_in_flight() == 0, "no request of worker in flight", DEADLINE_S)
         assert token_metric(http_address, "taskraft_token_requests_in_flight", "operator") == 0
-        assert token_metric(http_address, rejections, "worker") == 1
+        assert token_metric(http_address, rejections, "worker") == 2
+        # With its slots back, the token is served on the HTTP API again.
+        answer = http("GET", http_address, "/v1/queues/limited/count", token=TOKENS["client"])
+        assert answer.status == 200, answer
         assert token_metric(http_address, rejections, "operator") in (None, 0)
         # The refused connection stayed open and is served.
         assert third.call(Count(queue="limited")).error is None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import json
+import ssl
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -38,11 +40,11 @@ from prometheus_client import REGISTRY
 
 from taskraft.certificates import CertificateAuthority
 from taskraft.client import AsyncClient
-from taskraft.errors import Unauthenticated
+from taskraft.errors import Forbidden, Unauthenticated
 from taskraft.tls import TlsFiles, client_context
 from taskraft_operator import metrics
 from taskraft_operator.actions import ActionContext, carry_out
-from taskraft_operator.credentials import secret_text
+from taskraft_operator.credentials import CredentialsUnavailable, TrustCache, secret_text
 from taskraft_operator.handlers import ClusterMemory, OperatorConfig, reconcile, register
 from taskraft_operator.model import (
     DesiredSpec,
@@ -63,6 +65,7 @@ from taskraft_operator.observe import (
     ApiResource,
     Endpoints,
     KubeApi,
+    NodeAccess,
     NodeHttp,
     login_to,
     observe,
@@ -765,6 +768,35 @@ def test_a_secured_cluster_gets_credentials_and_is_reached_with_them(tmp_path: P
                 async with AsyncClient(servers, tls=trusted, request_timeout_s=5) as client:
                     with pytest.raises(Unauthenticated):
                         await client.count("jobs")
+                read_token = secret_text(credentials, "read-token")
+                async with AsyncClient(servers, token=read_token, tls=trusted) as client:
+                    assert (await client.count("jobs")).ready == 1
+                    with pytest.raises(Forbidden):
+                        await client.enqueue("jobs", b"not with a read token")
+                # The HTTP API: HTTPS only, and a token needed.
+                leader = plan.status.leader
+                follower = next(pod for pod in ("qc-0", "qc-1", "qc-2") if pod != leader)
+                follower_http = nodes.node(int(follower.rsplit("-", 1)[1])).http_address
+                assert await http.status(follower_http) is None  # plain HTTP: no answer
+                assert await http.status(follower_http, NodeAccess(tls=trusted)) is None  # 401
+                admin = NodeAccess(token=admin_token, tls=trusted)
+                assert await http.status(follower_http, admin) is not None
+                # An admin call sent to a follower reaches the leader through its 307, over
+                # HTTPS with the token (adding a member that is one answers 200).
+                leader_node = nodes.node(int(leader.rsplit("-", 1)[1]))
+                answer = await http.call(
+                    follower_http,
+                    "POST",
+                    "/v1/members",
+                    {"id": leader, "peer_address": leader_node.peer_address},
+                    admin,
+                )
+                assert answer.status == 200, answer
+                assert answer.url.startswith(f"https://{leader_node.http_address}/")
+                # No token in what the operator wrote or posted.
+                written = json.dumps([await get_cluster(api), driver.events.events])
+                for token in (admin_token, client_token, read_token):
+                    assert token is not None and token not in written
                 # The pod template points the node at both Secrets.
                 stateful_set = await api.get(STATEFUL_SETS, NAMESPACE, CLUSTER)
                 assert stateful_set is not None
@@ -787,3 +819,90 @@ def assert_owned_by_without_hash(body: dict[str, Any], owner: dict[str, Any]) ->
     assert body["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
     assert body["metadata"]["ownerReferences"][0]["controller"] is True
     assert body["metadata"]["labels"]["app.kubernetes.io/instance"] == CLUSTER
+
+
+def test_a_redirect_to_another_scheme_is_not_followed_with_the_token() -> None:
+    """An admin call follows a 307 only within its own scheme: a token meant for HTTPS never
+    goes out in the clear (nor the other way round)."""
+    seen: list[str | None] = []
+
+    async def redirecting(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        raise web.HTTPTemporaryRedirect(location=f"https://127.0.0.1:1{request.path}")
+
+    async def scenario() -> None:
+        application = web.Application()
+        application.router.add_post("/v1/members", redirecting)
+        server = TestServer(application, host="127.0.0.1")
+        await server.start_server()
+        http = NodeHttp()
+        try:
+            answer = await http.call(
+                f"127.0.0.1:{server.port}",
+                "POST",
+                "/v1/members",
+                {"id": "qc-3"},
+                NodeAccess(token="admin-token-" + "a" * 20),
+            )
+        finally:
+            await http.close()
+            await server.close()
+        assert answer.status == 502
+        assert "refused a redirect from http to https" in answer.error_message()
+        # Sent once, to the node asked; not to the redirect's target.
+        assert seen == ["Bearer admin-token-" + "a" * 20]
+
+    run(scenario())
+
+
+def test_the_trusted_authorities_keep_the_previous_one_across_a_rotation(tmp_path: Path) -> None:
+    first = CertificateAuthority.create(tmp_path / "first", "ca", "first")
+    second = CertificateAuthority.create(tmp_path / "second", "ca", "second")
+    third = CertificateAuthority.create(tmp_path / "third", "ca", "third")
+
+    def subjects(context: ssl.SSLContext) -> set[str]:
+        return {
+            dict(item[0] for item in authority["subject"])["commonName"]
+            for authority in context.get_ca_certs()
+        }
+
+    trust = TrustCache()
+    pem = {ca.files.certificate: ca.files.certificate.read_text() for ca in (first, second, third)}
+    context = trust.context_for(pem[first.files.certificate])
+    assert subjects(context) == {"first"}
+    assert trust.context_for(pem[first.files.certificate]) is context  # unchanged: kept
+    assert subjects(trust.context_for(pem[second.files.certificate])) == {"first", "second"}
+    assert subjects(trust.context_for(pem[third.files.certificate])) == {"second", "third"}
+    with pytest.raises(CredentialsUnavailable, match="not PEM"):
+        TrustCache().context_for("not a certificate")
+
+
+def test_a_credentials_secret_the_cluster_did_not_make_is_not_used(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_api() as (_, url):
+            api, http = KubeApi(login_to(url)), NodeHttp()
+            try:
+                await api.create(
+                    SECRETS,
+                    NAMESPACE,
+                    {
+                        "metadata": {"name": f"{CLUSTER}-credentials"},
+                        "data": {"cluster-secret": base64.b64encode(b"x" * 48).decode()},
+                    },
+                )
+                await api.create(QUEUE_CLUSTERS, NAMESPACE, queue_cluster())
+                driver = Driver(api, http, nodes=None)
+                assert await driver.step() is None
+                assert await owned_objects(api) == {}
+                status = status_from_dict((await get_cluster(api))["status"])
+                progressing = status.condition("Progressing")
+                assert progressing is not None
+                assert progressing.reason == "CredentialsUnavailable"
+                assert "did not make it" in progressing.message
+                planted = await api.get(SECRETS, NAMESPACE, f"{CLUSTER}-credentials")
+                assert planted is not None and set(planted["data"]) == {"cluster-secret"}
+            finally:
+                await api.close()
+                await http.close()
+
+    run(scenario())

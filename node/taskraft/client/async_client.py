@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl
@@ -296,6 +297,7 @@ class AsyncClient:
         self._client_name = client_name
         self._token = token
         self._tls = tls
+        self._warned_clear_token = False
         self.request_timeout_s = request_timeout_s
         self.attempt_timeout_s = attempt_timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -311,6 +313,21 @@ class AsyncClient:
         self._closed = False
         self._closed_event = asyncio.Event()
         self._random = random.Random()
+
+    def _warn_if_token_in_the_clear(self, address: str) -> None:
+        """Log once when the token is about to cross a network in the clear (no TLS, to a host
+        other than this machine): whoever sees the traffic can use it."""
+        if self._token is None or self._tls is not None or self._warned_clear_token:
+            return
+        host, _ = parse_address(address)
+        if _is_loopback(host):
+            return
+        self._warned_clear_token = True
+        logger.warning(
+            "sending the token to %s without TLS: anyone who sees the traffic can use it; "
+            "give tls= (taskraft.tls.client_context) for a cluster that serves TLS",
+            address,
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -635,6 +652,7 @@ class AsyncClient:
                 candidates.insert(0, self._leader_address)
             failures: list[str] = []
             for address in dict.fromkeys(candidates):
+                self._warn_if_token_in_the_clear(address)
                 try:
                     connection = await _Connection.open(
                         address,
@@ -658,6 +676,15 @@ class AsyncClient:
                 connection.reader_task.add_done_callback(self._readers.discard)
                 return connection
             raise _NotSent("no server could be reached: " + "; ".join(failures))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def enqueue_many_requests(

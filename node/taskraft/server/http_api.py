@@ -272,7 +272,18 @@ class HttpApi:
                     f"the role {identity.role.value} does not have"
                 )
             )
-        return await handler(request)
+        # The token's requests in flight count on this port as on the client port
+        # (requests_per_token_max).
+        listener = self._node.listener
+        if listener is None:
+            return await handler(request)
+        refusal = listener._take_token_slot(identity)
+        if refusal is not None:
+            return _error_response(refusal)
+        try:
+            return await handler(request)
+        finally:
+            listener._release_token_slot(identity)
 
     # -- probes and status -------------------------------------------------------------------
 
@@ -720,10 +731,16 @@ def _json_number(text: str) -> int | float:
     integer instead of rounding to 2**63); any other number stays a float and is refused where an
     integer is expected.
     """
-    value = decimal.Decimal(text)
-    if value.adjusted() <= _INTEGRAL_NUMBER_EXPONENT_MAX and value == value.to_integral_value():
-        return int(value)
-    return float(text)
+    try:
+        value = decimal.Decimal(text)
+        integral = (
+            value.adjusted() <= _INTEGRAL_NUMBER_EXPONENT_MAX
+            and value == value.to_integral_value()
+        )
+    except (decimal.InvalidOperation, ValueError):
+        # An exponent beyond what Decimal holds: no integer field takes it either.
+        return float(text)
+    return int(value) if integral else float(text)
 
 
 def _refuse_path_fields(body: dict[str, Any], *names: str) -> None:
