@@ -3,16 +3,21 @@
 - A 3-node cluster under TLS elects a leader (its peers speak mutual TLS), commits, and serves
   a client that trusts the authority, over the client port and over HTTPS; plain TCP and plain
   HTTP get no answer from those ports.
-- A client certificate from an authority the cluster does not trust is refused during the TLS
-  handshake, before the protocol; one from the cluster's authority, or none, is served.
-- A client that does not trust the node's certificate refuses to talk to it.
+- A client certificate from an authority the cluster does not trust is refused right after
+  the TLS handshake, before the protocol (client port and HTTPS); one from the cluster's
+  authority, or none, is served. Each refusal is counted.
+- A client that does not trust the node's certificate, or dials a name the certificate does not
+  hold, refuses to talk to it.
 - The peer port refuses a TLS connection without a client certificate, and one with a
-  certificate from another authority; the cluster keeps committing.
-- A node whose certificate another authority issued never joins the others' Raft traffic.
-- Rotation: a new certificate written over the files is served to new connections within the
-  reload interval, and counted; a key that does not match keeps the certificate in force and
-  counts a failed reload.
-- Options: a partial TLS configuration is a configuration error (exit status 2).
+  certificate from another authority, counted as refusals for `tls`; the cluster keeps
+  committing.
+- A node whose certificate another authority issued, and a node whose certificate (from the
+  right authority) does not name the address its peers dial, get no Raft traffic: the others'
+  connections to them are refused for `tls`, and they fall behind.
+- Rotation: a renewed certificate, swapped in the way a Kubernetes Secret volume swaps files
+  (one symbolic link), is served on all three ports without a restart and counted; a key that
+  does not match keeps the certificate in force and counts a failed reload.
+- Options: a partial TLS configuration, or a key that does not fit, stops the start.
 
 Every wait is on a condition with a deadline; no test sleeps to synchronise.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -34,7 +40,7 @@ import pytest
 from cryptography import x509
 from process_cluster import DEADLINE_S, ClusterFactory, metric, wait_until
 
-from taskraft.certificates import CertificateAuthority
+from taskraft.certificates import CertificateAndKey, CertificateAuthority
 from taskraft.client import Client
 from taskraft.errors import Unavailable
 from taskraft.local_cluster import LocalCluster
@@ -45,6 +51,8 @@ pytestmark = pytest.mark.timeout(180)
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 # A refused client gives up this soon, instead of the usual 20 s of retries.
 REFUSED_CLIENT_TIMEOUT_S = 3.0
+# How long a refused connection may take to be closed by the node (it closes at once).
+REFUSAL_WAIT_S = 10.0
 
 
 class Authorities:
@@ -54,15 +62,7 @@ class Authorities:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.cluster = CertificateAuthority.create(directory, "ca", "taskraft-test-ca")
-        node = self.cluster.issue(
-            directory,
-            "node",
-            common_name="taskraft-node",
-            client=True,
-            server=True,
-            dns_names=("localhost",),
-            ip_addresses=(LOOPBACK,),
-        )
+        node = self.issue_node(directory)
         self.node = TlsFiles(node.certificate, node.private_key, self.cluster.files.certificate)
         self.trusted_client = self.cluster.issue(
             directory, "trusted-client", common_name="trusted-client", client=True
@@ -78,6 +78,28 @@ class Authorities:
             ip_addresses=(LOOPBACK,),
         )
 
+    def issue_node(self, directory: Path, *, with_address: bool = True) -> CertificateAndKey:
+        """A node certificate of the cluster's authority, for 127.0.0.1 (or only for
+        `localhost`, a name the peers do not dial)."""
+        return self.cluster.issue(
+            directory,
+            "node",
+            common_name="taskraft-node",
+            client=True,
+            server=True,
+            dns_names=("localhost",),
+            ip_addresses=(LOOPBACK,) if with_address else (),
+        )
+
+    @property
+    def authority(self) -> Path:
+        return self.cluster.files.certificate
+
+    def with_client_certificate(self, issued: CertificateAndKey) -> ssl.SSLContext:
+        return client_context(
+            self.authority, certificate=issued.certificate, key=issued.private_key
+        )
+
 
 @pytest.fixture
 def authorities(tmp_path: Path) -> Authorities:
@@ -85,39 +107,58 @@ def authorities(tmp_path: Path) -> Authorities:
 
 
 def tls_client(cluster: LocalCluster, context: ssl.SSLContext, **options: float) -> Client:
-    return Client(cluster.servers, tls=context, **options)  # type: ignore[arg-type]
+    return Client(cluster.servers, tls=context, **options)
 
 
-def served_certificate_serial(address: str, authority: Path) -> int:
+def served_certificate_serial(
+    address: str, context: ssl.SSLContext, server_hostname: str = "127.0.0.1"
+) -> int:
     """The serial number of the certificate a fresh TLS connection to `address` is shown."""
     host, port = address.rsplit(":", 1)
-    context = client_context(authority)
     with (
         socket.create_connection((host, int(port)), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname=host) as connection,
+        context.wrap_socket(raw, server_hostname=server_hostname) as connection,
     ):
         der = connection.getpeercert(binary_form=True)
     assert der is not None
     return int(x509.load_der_x509_certificate(der).serial_number)
 
 
-def tls_handshake_error(
+def refusal(
     address: str, context: ssl.SSLContext, server_hostname: str = "127.0.0.1"
-) -> BaseException | None:
-    """What a TLS handshake (and a first read, where TLS 1.3 reports a refused client
-    certificate) with `context` ends in; None when the server kept the connection."""
+) -> BaseException:
+    """How the node refuses a TLS connection made with `context`: the handshake's error, or,
+    when the handshake went through on the client's side (TLS 1.3 checks a client's
+    certificate after that), the end of the stream the node closed. AssertionError when the
+    node keeps the connection open for REFUSAL_WAIT_S: it was not refused."""
     host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
+    with socket.create_connection((host, int(port)), timeout=REFUSAL_WAIT_S) as raw:
         try:
             with context.wrap_socket(raw, server_hostname=server_hostname) as connection:
-                connection.settimeout(1.0)
                 try:
                     data = connection.recv(1)
                 except TimeoutError:
-                    return None
-                return None if data else ConnectionResetError("closed by the server")
+                    raise AssertionError(f"{address} kept the connection: not refused") from None
+                except (ssl.SSLError, OSError) as error:
+                    return error
+                assert data == b"", f"{address} sent {data!r} before any request"
+                return ConnectionResetError(f"{address} closed the connection")
         except (ssl.SSLError, OSError) as error:
             return error
+
+
+def metric_or_none(cluster: LocalCluster, node_id: str, name: str, **labels: str) -> float | None:
+    """A metric for a wait: None while the node does not answer."""
+    try:
+        return metric(cluster, node_id, name, **labels)
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def peer_refusals(cluster: LocalCluster, node_id: str, side: str) -> float | None:
+    return metric_or_none(
+        cluster, node_id, "taskraft_peer_handshakes_refused_total", side=side, reason="tls"
+    )
 
 
 def test_a_cluster_under_tls_commits_and_serves_clients_over_tls_only(
@@ -126,7 +167,7 @@ def test_a_cluster_under_tls_commits_and_serves_clients_over_tls_only(
     cluster = clusters.start(3, tls=authorities.node)
     leader = cluster.wait_for_leader(DEADLINE_S)
     assert cluster.http_url(leader, "/").startswith("https://")
-    with tls_client(cluster, client_context(authorities.cluster.files.certificate)) as client:
+    with tls_client(cluster, client_context(authorities.authority)) as client:
         client.create_queue("tls")
         task_id = client.enqueue("tls", b"over tls", priority=3)
         task = client.dequeue("tls", lease_ms=30_000)
@@ -145,6 +186,10 @@ def test_a_cluster_under_tls_commits_and_serves_clients_over_tls_only(
     ):
         plain_client.count("tls")
     assert metric(cluster, leader, "taskraft_tls_certificate_expiry_timestamp_seconds") > 0
+    # The peers found each other over mutual TLS: nothing was refused.
+    for node_id in cluster.node_ids:
+        for side in ("incoming", "outgoing"):
+            assert peer_refusals(cluster, node_id, side) == 0
 
 
 def test_a_client_certificate_from_an_untrusted_authority_is_refused(
@@ -152,31 +197,39 @@ def test_a_client_certificate_from_an_untrusted_authority_is_refused(
 ) -> None:
     cluster = clusters.start(1, tls=authorities.node)
     address = cluster.servers[0]
-    trusted_authority = authorities.cluster.files.certificate
-    foreign = client_context(
-        trusted_authority,
-        certificate=authorities.foreign_client.certificate,
-        key=authorities.foreign_client.private_key,
-    )
-    error = tls_handshake_error(address, foreign)
-    assert isinstance(error, ssl.SSLError | ConnectionError), error
+    foreign = authorities.with_client_certificate(authorities.foreign_client)
+    refusal(address, foreign)
     with (
         tls_client(cluster, foreign, request_timeout_s=REFUSED_CLIENT_TIMEOUT_S) as client,
         pytest.raises(Unavailable),
     ):
         client.enqueue("tls", b"from a stranger")
     # The same refusal on the HTTPS port.
-    assert tls_handshake_error(cluster.node("n1").http_address, foreign) is not None
-    trusted = client_context(
-        trusted_authority,
-        certificate=authorities.trusted_client.certificate,
-        key=authorities.trusted_client.private_key,
+    refusal(cluster.node("n1").http_address, foreign)
+    wait_until(
+        lambda: (
+            (
+                metric_or_none(
+                    cluster, "n1", "taskraft_tls_handshake_failures_total", port="client"
+                )
+                or 0
+            )
+            >= 2
+            or None
+        ),
+        "the client port's refusals counted",
+        DEADLINE_S,
     )
-    assert tls_handshake_error(address, trusted) is None
-    with tls_client(cluster, trusted) as client:
+    assert (
+        metric_or_none(cluster, "n1", "taskraft_tls_handshake_failures_total", port="http") or 0
+    ) >= 1
+    # A certificate of the cluster's authority is served, and so is a client without one.
+    with tls_client(
+        cluster, authorities.with_client_certificate(authorities.trusted_client)
+    ) as client:
         client.create_queue("tls")
         client.enqueue("tls", b"from a trusted client")
-    with tls_client(cluster, client_context(trusted_authority)) as client:
+    with tls_client(cluster, client_context(authorities.authority)) as client:
         assert client.count("tls").ready == 1
 
 
@@ -185,7 +238,7 @@ def test_a_client_that_does_not_trust_the_node_refuses_it(
 ) -> None:
     cluster = clusters.start(1, tls=authorities.node)
     distrustful = client_context(authorities.foreign.files.certificate)
-    error = tls_handshake_error(cluster.servers[0], distrustful)
+    error = refusal(cluster.servers[0], distrustful)
     assert isinstance(error, ssl.SSLCertVerificationError), error
     with (
         tls_client(cluster, distrustful, request_timeout_s=REFUSED_CLIENT_TIMEOUT_S) as client,
@@ -193,8 +246,8 @@ def test_a_client_that_does_not_trust_the_node_refuses_it(
     ):
         client.count("tls")
     # A name the certificate does not hold fails too, even from the right authority.
-    trusting = client_context(authorities.cluster.files.certificate)
-    mismatch = tls_handshake_error(cluster.servers[0], trusting, server_hostname="elsewhere")
+    trusting = client_context(authorities.authority)
+    mismatch = refusal(cluster.servers[0], trusting, server_hostname="elsewhere")
     assert isinstance(mismatch, ssl.SSLCertVerificationError), mismatch
 
 
@@ -204,23 +257,59 @@ def test_the_peer_port_requires_a_certificate_from_the_cluster_authority(
     cluster = clusters.start(3, tls=authorities.node)
     leader = cluster.wait_for_leader(DEADLINE_S)
     peer_address = cluster.node(leader).peer_address
-    trusted_authority = authorities.cluster.files.certificate
-    without_certificate = client_context(trusted_authority)
-    assert tls_handshake_error(peer_address, without_certificate) is not None
-    foreign = client_context(
-        trusted_authority,
-        certificate=authorities.foreign_client.certificate,
-        key=authorities.foreign_client.private_key,
+    refusal(peer_address, client_context(authorities.authority))
+    refusal(peer_address, authorities.with_client_certificate(authorities.foreign_client))
+    wait_until(
+        lambda: (peer_refusals(cluster, leader, "incoming") or 0) >= 2 or None,
+        "two peer connections refused for tls",
+        DEADLINE_S,
     )
-    assert tls_handshake_error(peer_address, foreign) is not None
-    with tls_client(cluster, client_context(trusted_authority)) as client:
+    with tls_client(cluster, client_context(authorities.authority)) as client:
         client.create_queue("after-strangers")
         client.enqueue("after-strangers", b"still committing")
         assert client.count("after-strangers").ready == 1
 
 
+def _node_left_behind(
+    cluster: LocalCluster, outsider: str, leader: str, status_context: ssl.SSLContext
+) -> None:
+    """The cluster commits on without `outsider`: the leader's connections to it are refused
+    for tls, and `outsider` applies none of what the others commit."""
+    wait_until(
+        lambda: (peer_refusals(cluster, leader, "outgoing") or 0) >= 1 or None,
+        f"the leader's connections to {outsider} refused for tls",
+        DEADLINE_S,
+    )
+
+    def outsider_status() -> dict[str, object] | None:
+        url = cluster.http_url(outsider, "/v1/status")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=status_context) as answer:
+                document: dict[str, object] = json.load(answer)
+                return document
+        except (OSError, urllib.error.URLError):
+            return None
+
+    before = wait_until(outsider_status, f"the status of {outsider}", DEADLINE_S)
+    with tls_client(cluster, client_context(cluster_authority(cluster))) as client:
+        client.create_queue("without-outsider")
+        for number in range(5):
+            client.enqueue("without-outsider", f"{number}".encode())
+    leader_status = cluster.status(leader)
+    assert leader_status is not None
+    # The leader has sent heartbeats and appends all along; none reached the outsider.
+    after = wait_until(outsider_status, f"the status of {outsider}", DEADLINE_S)
+    assert int(str(after["applied_index"])) == int(str(before["applied_index"]))
+    assert int(str(after["applied_index"])) < int(leader_status["commit_index"])
+
+
+def cluster_authority(cluster: LocalCluster) -> Path:
+    assert cluster.tls is not None and cluster.tls.authority is not None
+    return cluster.tls.authority
+
+
 def test_a_node_with_a_certificate_of_another_authority_gets_no_raft_traffic(
-    clusters: ClusterFactory, authorities: Authorities, tmp_path: Path
+    clusters: ClusterFactory, authorities: Authorities
 ) -> None:
     cluster = clusters.start(3, tls=authorities.node)
     leader = cluster.wait_for_leader(DEADLINE_S)
@@ -237,85 +326,112 @@ def test_a_node_with_a_certificate_of_another_authority_gets_no_raft_traffic(
         "--tls-ca",
         str(authorities.foreign.files.certificate),
     ]
-    outsider_status_context = client_context(authorities.foreign.files.certificate)
     cluster.start_node(outsider)
-    with tls_client(cluster, client_context(authorities.cluster.files.certificate)) as client:
-        client.create_queue("without-outsider")
-        for number in range(5):
-            client.enqueue("without-outsider", f"{number}".encode())
-    leader_commit = cluster.status(leader)
-    assert leader_commit is not None
-
-    def outsider_status() -> dict[str, object] | None:
-        url = cluster.http_url(outsider, "/v1/status")
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=outsider_status_context) as answer:
-                document: dict[str, object] = json.load(answer)
-                return document
-        except (OSError, urllib.error.URLError):
-            return None
-
-    document = wait_until(outsider_status, "the outsider's status", DEADLINE_S)
-    assert int(str(document["commit_index"])) < int(leader_commit["commit_index"])
+    _node_left_behind(
+        cluster, outsider, leader, client_context(authorities.foreign.files.certificate)
+    )
 
 
-def test_a_renewed_certificate_is_served_without_a_restart(
+def test_a_node_whose_certificate_does_not_name_its_address_gets_no_raft_traffic(
     clusters: ClusterFactory, authorities: Authorities
 ) -> None:
-    # The cluster serves copies, so that the test can write over them.
-    served = authorities.directory / "served"
-    served.mkdir()
-    certificate, key = served / "node.crt", served / "node.key"
-    shutil.copy(authorities.node.certificate, certificate)
-    shutil.copy(authorities.node.key, key)
-    files = TlsFiles(certificate, key, authorities.node.authority)
+    """The right authority but the wrong name: a peer dialing 127.0.0.1 refuses a certificate
+    that names only `localhost` (the dialer checks the name; the listener cannot)."""
+    cluster = clusters.start(3, tls=authorities.node)
+    leader = cluster.wait_for_leader(DEADLINE_S)
+    outsider = next(node_id for node_id in cluster.node_ids if node_id != leader)
+    cluster.stop_node(outsider)
+    unnamed = authorities.issue_node(authorities.directory / "unnamed", with_address=False)
+    cluster.extra_arguments += [
+        "--tls-cert",
+        str(unnamed.certificate),
+        "--tls-key",
+        str(unnamed.private_key),
+    ]
+    cluster.start_node(outsider)
+    status_context = client_context(authorities.authority)
+    status_context.check_hostname = False  # its HTTPS certificate lacks the address too
+    _node_left_behind(cluster, outsider, leader, status_context)
+
+
+class SecretVolume:
+    """Files published as a Kubernetes Secret volume publishes them: each version in a
+    directory of its own, `current` a symbolic link to the one in force, swapped in one
+    rename, so a reader never sees half of a change."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.version = 0
+        directory.mkdir(parents=True)
+
+    def publish(self, files: dict[str, Path]) -> None:
+        self.version += 1
+        target = self.directory / f"..version-{self.version}"
+        target.mkdir()
+        for name, source in files.items():
+            shutil.copy(source, target / name)
+        link = self.directory / "..current-new"
+        link.symlink_to(target.name)
+        os.replace(link, self.directory / "current")
+
+    def path(self, name: str) -> Path:
+        return self.directory / "current" / name
+
+
+def test_a_renewed_certificate_is_served_on_every_port_without_a_restart(
+    clusters: ClusterFactory, authorities: Authorities
+) -> None:
+    volume = SecretVolume(authorities.directory / "volume")
+    first = authorities.issue_node(authorities.directory / "first")
+    volume.publish({"tls.crt": first.certificate, "tls.key": first.private_key})
+    files = TlsFiles(volume.path("tls.crt"), volume.path("tls.key"), authorities.authority)
     cluster = clusters.start(1, tls=files)
-    address = cluster.servers[0]
-    authority = authorities.cluster.files.certificate
-    before = served_certificate_serial(address, authority)
-    with tls_client(cluster, client_context(authority)) as client:
+    node = cluster.node("n1")
+    client_port = client_context(authorities.authority)
+    peer = authorities.with_client_certificate(authorities.trusted_client)
+
+    def serials() -> set[int]:
+        return {
+            served_certificate_serial(node.client_address, client_port),
+            served_certificate_serial(node.http_address, client_port),
+            served_certificate_serial(node.peer_address, peer),
+        }
+
+    assert serials() == {
+        x509.load_pem_x509_certificate(first.certificate.read_bytes()).serial_number
+    }
+    with tls_client(cluster, client_context(authorities.authority)) as client:
         client.create_queue("rotation")
         client.enqueue("rotation", b"before")
-        renewed = authorities.cluster.issue(
-            authorities.directory / "renewed",
-            "node",
-            common_name="taskraft-node",
-            client=True,
-            server=True,
-            dns_names=("localhost",),
-            ip_addresses=(LOOPBACK,),
-        )
-        # As a Secret volume does: the new pair appears at once.
-        shutil.copy(renewed.private_key, served / "node.key.new")
-        shutil.copy(renewed.certificate, served / "node.crt.new")
-        (served / "node.key.new").replace(key)
-        (served / "node.crt.new").replace(certificate)
-        after = wait_until(
-            lambda: (
-                serial
-                if (serial := served_certificate_serial(address, authority)) != before
-                else None
-            ),
-            "the renewed certificate served",
+        renewed = authorities.issue_node(authorities.directory / "renewed")
+        renewed_serial = x509.load_pem_x509_certificate(
+            renewed.certificate.read_bytes()
+        ).serial_number
+        volume.publish({"tls.crt": renewed.certificate, "tls.key": renewed.private_key})
+        wait_until(
+            lambda: serials() == {renewed_serial} or None,
+            "the renewed certificate served on every port",
             DEADLINE_S,
-        )
-        assert (
-            after == x509.load_pem_x509_certificate(renewed.certificate.read_bytes()).serial_number
         )
         # The connection opened before the renewal still works.
         client.enqueue("rotation", b"after")
         assert client.count("rotation").ready == 2
     assert metric(cluster, "n1", "taskraft_tls_reloads_total", result="ok") == 1
+    assert metric(cluster, "n1", "taskraft_tls_reloads_total", result="failed") == 0
     # A key that does not belong to the certificate: the renewed certificate stays in force.
-    shutil.copy(authorities.foreign_client.private_key, served / "node.key.new")
-    (served / "node.key.new").replace(key)
+    volume.publish(
+        {"tls.crt": renewed.certificate, "tls.key": authorities.foreign_client.private_key}
+    )
     wait_until(
-        lambda: metric(cluster, "n1", "taskraft_tls_reloads_total", result="failed") == 1 or None,
+        lambda: (
+            metric_or_none(cluster, "n1", "taskraft_tls_reloads_total", result="failed") == 1
+            or None
+        ),
         "a failed reload counted",
         DEADLINE_S,
     )
-    assert served_certificate_serial(address, authority) == after
-    with tls_client(cluster, client_context(authority)) as client:
+    assert serials() == {renewed_serial}
+    with tls_client(cluster, client_context(authorities.authority)) as client:
         assert client.count("rotation").ready == 2
 
 

@@ -229,6 +229,26 @@ class _NodeCollector(Collector):
         reloads.add_metric(["ok"], tls.reloads)
         reloads.add_metric(["failed"], tls.reload_failures)
         yield reloads
+        failures = CounterMetricFamily(
+            "taskraft_tls_handshake_failures",
+            "TLS handshakes that failed on the client port and on the HTTP port: a client whose "
+            "certificate this node does not trust, one that does not trust this node, one "
+            "that speaks no TLS, or a timeout (the peer port counts them in "
+            "taskraft_peer_handshakes_refused_total, reason tls)",
+            labels=["port"],
+        )
+        listener, http = node.listener, node.http
+        failures.add_metric(["client"], 0 if listener is None else listener.tls_handshake_failures)
+        failures.add_metric(["http"], 0 if http is None else http.tls_handshake_failures)
+        yield failures
+        refused = CounterMetricFamily(
+            "taskraft_tls_handshakes_refused",
+            "HTTP connections closed unserved because as many TLS handshakes as the bound "
+            "allows were under way (the client port counts them in "
+            "taskraft_client_connections_refused_total)",
+        )
+        refused.add_metric([], 0 if http is None else http.tls_handshakes_refused)
+        yield refused
 
     def _raft(self, node: Node) -> Iterator[Metric]:
         replica = node.replica
