@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import multiprocessing
 import os
@@ -100,10 +99,10 @@ from typing import Any, TypeVar
 
 from reporting import file_system_description, percentile, print_table
 
-from taskraft.certificates import CertificateAuthority
+from taskraft.certificates import local_node_tls
 from taskraft.client import AsyncClient, QueueCounts, Task
 from taskraft.errors import TaskraftError
-from taskraft.local_cluster import HOST, LocalCluster
+from taskraft.local_cluster import LocalCluster
 from taskraft.local_cluster import free_base_port as free_layout_base_port
 from taskraft.queue.limits import LEASE_MS_MAX
 from taskraft.tls import TlsFiles, client_context
@@ -477,17 +476,7 @@ class Clusters:
         if not self.settings.tls:
             return None
         if self._tls is None:
-            directory = self.directory / "pki"
-            authority = CertificateAuthority.create(directory, "ca", "taskraft-bench-ca")
-            node = authority.issue(
-                directory,
-                "node",
-                common_name="taskraft-bench-node",
-                client=True,
-                server=True,
-                ip_addresses=(ipaddress.IPv4Address(HOST),),
-            )
-            self._tls = TlsFiles(node.certificate, node.private_key, authority.files.certificate)
+            self._tls = local_node_tls(self.directory / "pki")
         return self._tls
 
     def start(self, nodes: int) -> LocalCluster:

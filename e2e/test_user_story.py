@@ -327,12 +327,9 @@ def create_tls_secret() -> Path:
     """The Secret of spec.tls, as cert-manager would write it; the authority's file."""
     authority = CertificateAuthority.create(_AUTHORITY_DIRECTORY, "ca", f"{NAMESPACE}-ca")
     domains = (f"{NAMESPACE}.svc", f"{NAMESPACE}.svc.cluster.local")
-    node = authority.issue(
+    node = authority.issue_node(
         _AUTHORITY_DIRECTORY,
-        "node",
         common_name=NAME,
-        client=True,
-        server=True,
         dns_names=(
             *(f"*.{NAME}-peers.{domain}" for domain in domains),
             *(f"{NAME}.{domain}" for domain in domains),

@@ -23,12 +23,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from taskraft.tls import TlsFiles
+
 VALIDITY = datetime.timedelta(days=365)
 # Certificates start to be valid a little in the past, so that a clock a few minutes behind
 # does not reject them.
 BACKDATE = datetime.timedelta(hours=1)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +188,47 @@ class CertificateAuthority:
         write_private_key(files.private_key, key)
         return files
 
+    def issue_node(
+        self,
+        directory: Path,
+        *,
+        dns_names: tuple[str, ...] = ("localhost",),
+        ip_addresses: tuple[IPAddress, ...] = (LOOPBACK,),
+        name: str = "node",
+        common_name: str = "taskraft-node",
+    ) -> CertificateAndKey:
+        """A taskraft node's certificate, written to directory/{name}.crt and {name}.key: both
+        usages (a node serves clients and peers, and dials peers), for the names and addresses
+        its peers and clients dial (by default this machine's loopback)."""
+        return self.issue(
+            directory,
+            name,
+            common_name=common_name,
+            client=True,
+            server=True,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
+        )
+
+
+def local_node_tls(directory: Path) -> TlsFiles:
+    """The TLS files of nodes on this machine: an authority and one node certificate for
+    127.0.0.1 and `localhost` in `directory`, made when not there yet (so a cluster restarted
+    on the same directory keeps trusting the same authority)."""
+    files = TlsFiles(directory / "node.crt", directory / "node.key", directory / "ca.crt")
+    if all(path.exists() for path in (files.certificate, files.key, directory / "ca.crt")):
+        return files
+    authority = CertificateAuthority.create(directory, "ca", "taskraft-local-ca")
+    node = authority.issue_node(directory)
+    return TlsFiles(node.certificate, node.private_key, authority.files.certificate)
+
 
 __all__ = [
+    "LOOPBACK",
     "CertificateAndKey",
     "CertificateAuthority",
     "IPAddress",
+    "local_node_tls",
     "new_private_key",
     "write_private_key",
 ]

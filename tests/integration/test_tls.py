@@ -81,15 +81,7 @@ class Authorities:
     def issue_node(self, directory: Path, *, with_address: bool = True) -> CertificateAndKey:
         """A node certificate of the cluster's authority, for 127.0.0.1 (or only for
         `localhost`, a name the peers do not dial)."""
-        return self.cluster.issue(
-            directory,
-            "node",
-            common_name="taskraft-node",
-            client=True,
-            server=True,
-            dns_names=("localhost",),
-            ip_addresses=(LOOPBACK,) if with_address else (),
-        )
+        return self.cluster.issue_node(directory, ip_addresses=(LOOPBACK,) if with_address else ())
 
     @property
     def authority(self) -> Path:

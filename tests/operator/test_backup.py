@@ -3,7 +3,6 @@ the Job's inline download script run against a real `taskraft serve`."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -342,14 +341,7 @@ def test_the_job_of_a_secured_cluster_sends_the_admin_token_and_trusts_its_autho
 
 def test_the_job_script_downloads_over_tls_with_the_admin_token(tmp_path: Path) -> None:
     authority = CertificateAuthority.create(tmp_path / "pki", "ca", "backup-test-ca")
-    node = authority.issue(
-        tmp_path / "pki",
-        "node",
-        common_name="node",
-        client=True,
-        server=True,
-        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"),),
-    )
+    node = authority.issue_node(tmp_path / "pki")
     admin_token = "backup-admin-" + "a" * 32
     tokens = tmp_path / "tokens"
     tokens.write_text(f"operator admin {admin_token}\napplications client {'c' * 40}\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import ssl
 import urllib.request
@@ -668,14 +667,7 @@ def write_secret_files(secret: dict[str, Any], directory: Path) -> dict[str, Pat
 def tls_secret(directory: Path) -> dict[str, Any]:
     """What cert-manager would write for the nodes: tls.crt, tls.key and ca.crt."""
     authority = CertificateAuthority.create(directory, "ca", "qc-test-ca")
-    node = authority.issue(
-        directory,
-        "node",
-        common_name="qc",
-        client=True,
-        server=True,
-        ip_addresses=(ipaddress.IPv4Address("127.0.0.1"),),
-    )
+    node = authority.issue_node(directory)
     contents = {
         "tls.crt": node.certificate.read_bytes(),
         "tls.key": node.private_key.read_bytes(),

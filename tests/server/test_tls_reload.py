@@ -50,14 +50,7 @@ class Pki:
 
     def issue(self) -> CertificateAndKey:
         self.issued += 1
-        return self.authority.issue(
-            self.directory / f"issued-{self.issued}",
-            "node",
-            common_name="node",
-            client=True,
-            server=True,
-            ip_addresses=(LOOPBACK,),
-        )
+        return self.authority.issue_node(self.directory / f"issued-{self.issued}")
 
     def install(self, issued: CertificateAndKey) -> None:
         shutil.copy(issued.private_key, self.files.key)

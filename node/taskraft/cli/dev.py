@@ -14,16 +14,15 @@ by a private authority made in the data directory (kept there, so a restart with
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from taskraft.certificates import CertificateAuthority
-from taskraft.local_cluster import HOST, LocalCluster
-from taskraft.tls import TlsFiles, client_context
+from taskraft.certificates import local_node_tls
+from taskraft.local_cluster import LocalCluster
+from taskraft.tls import client_context
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -77,24 +76,6 @@ def register_dev_command(subparsers: SubParsers) -> None:
     parser.set_defaults(handler=run_dev)
 
 
-def local_tls_files(directory: Path) -> TlsFiles:
-    """The authority and the nodes' certificate in `directory`, made when not there yet."""
-    files = TlsFiles(directory / "node.crt", directory / "node.key", directory / "ca.crt")
-    if all(path.exists() for path in (files.certificate, files.key, directory / "ca.crt")):
-        return files
-    authority = CertificateAuthority.create(directory, "ca", "taskraft-dev-ca")
-    node = authority.issue(
-        directory,
-        "node",
-        common_name="taskraft-dev",
-        client=True,
-        server=True,
-        dns_names=("localhost",),
-        ip_addresses=(ipaddress.IPv4Address(HOST),),
-    )
-    return TlsFiles(node.certificate, node.private_key, authority.files.certificate)
-
-
 def run_dev(arguments: argparse.Namespace) -> int:
     if not 1 <= arguments.nodes <= 99:
         print("taskraft dev: --nodes must be between 1 and 99", file=sys.stderr)
@@ -119,7 +100,7 @@ def run_dev(arguments: argparse.Namespace) -> int:
         log_level=arguments.log_level,
     )
     if arguments.tls:
-        cluster.tls = local_tls_files(cluster.directory / "tls")
+        cluster.tls = local_node_tls(cluster.directory / "tls")
         cluster.http_tls = client_context(cluster.tls.authority)
     try:
         cluster.start()
