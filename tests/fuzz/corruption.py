@@ -1,8 +1,45 @@
-"""Hypothesis strategies that damage a file's bytes the ways disks and crashes do."""
+"""Hypothesis strategies that damage a file's bytes the ways disks and crashes do, and a valid log.
+
+`valid_log` is the write-ahead log that both tests/fuzz/test_storage_corruption.py (with
+`corrupted`) and tests/fuzz/atheris/fuzz_wal_reader.py (with libFuzzer's bytes) damage.
+"""
 
 from __future__ import annotations
 
+import functools
+import tempfile
+from pathlib import Path
+
 from hypothesis import strategies as st
+
+from taskraft.raft import Entry, EntryKind, LogIndex, Term
+from taskraft.storage.wal import WriteAheadLog
+
+# Small segments, so that the log spans several files and damage can hit any of them.
+SEGMENT_SIZE_MAX_BYTES = 200
+ENTRIES = [
+    Entry(
+        Term(1 + index // 7),
+        LogIndex(index),
+        (EntryKind.COMMAND, EntryKind.NOOP)[index % 2],
+        bytes([index]) * (index % 11),
+    )
+    for index in range(1, 31)
+]
+
+
+@functools.cache
+def valid_log() -> dict[str, bytes]:
+    """The segment files of a log holding ENTRIES, by name."""
+    with tempfile.TemporaryDirectory() as directory:
+        with WriteAheadLog.open(
+            Path(directory), segment_size_max_bytes=SEGMENT_SIZE_MAX_BYTES
+        ) as log:
+            log.append(ENTRIES)
+            log.sync()
+        files = {path.name: path.read_bytes() for path in Path(directory).iterdir()}
+    assert len(files) > 2, "the log should span several segments"
+    return files
 
 
 @st.composite

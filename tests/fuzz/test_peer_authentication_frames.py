@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz.budget import fuzz_settings
+from fuzz.checks import CLUSTER, LOCAL, SENDER, check_peer_stream
 from fuzz.streams import damaged_stream, pieces
 from peer.strategies import messages
 from taskraft.peer import END_OF_STREAM, RemotePeerError
@@ -37,17 +38,10 @@ from taskraft.peer.limits import (
     AUTH_NONCE_SIZE_BYTES,
     AUTH_PROOF_SIZE_BYTES,
     CHALLENGE_MAGIC,
-    PEER_FRAME_SIZE_MAX_BYTES,
     PROOF_MAGIC,
     RESPONSE_MAGIC,
 )
-from taskraft.protocol.limits import FRAME_PREFIX_BYTES
-from taskraft.raft import NodeId
 from taskraft.raft.messages import Message
-
-SENDER = NodeId("node-b")
-LOCAL = NodeId("node-a")
-CLUSTER = "blue"
 
 nonces = st.binary(min_size=AUTH_NONCE_SIZE_BYTES, max_size=AUTH_NONCE_SIZE_BYTES)
 proofs = st.binary(min_size=AUTH_PROOF_SIZE_BYTES, max_size=AUTH_PROOF_SIZE_BYTES)
@@ -99,35 +93,7 @@ def test_a_damaged_authenticated_stream_gives_documented_events_or_a_remote_erro
 ) -> None:
     valid = data.draw(authenticated_streams(), label="valid")
     stream = data.draw(damaged_stream(valid) | st.binary(max_size=200), label="stream")
-    receiver = PeerStreamReceiver(
-        local_node_id=LOCAL,
-        cluster_id=CLUSTER,
-        frame_size_max_bytes=PEER_FRAME_SIZE_MAX_BYTES,
-        require_proof=True,
-    )
-    order: list[type] = []
-    fed = 0
-    try:
-        for piece in [*data.draw(pieces(stream), label="pieces"), *([b""] if end else [])]:
-            receiver.receive_data(piece)
-            fed += len(piece)
-            while (event := receiver.next_event()) is not None and event is not END_OF_STREAM:
-                order.append(type(event))
-                if isinstance(event, PeerProof):
-                    receiver.proof_verified()
-                elif not isinstance(event, PeerHandshake | PeerChallenge):
-                    assert isinstance(event, Message)
-                    assert event.sender == SENDER
-            if receiver.authenticated:
-                assert receiver.buffered_bytes < FRAME_PREFIX_BYTES + PEER_FRAME_SIZE_MAX_BYTES
-            else:
-                assert receiver.buffered_bytes <= fed
-            if event is END_OF_STREAM:
-                break
-    except RemotePeerError:
-        pass
-    # The authentication frames come first, in their order, and once each.
-    assert order[:3] == [PeerHandshake, PeerChallenge, PeerProof][: min(3, len(order))]
+    order = check_peer_stream([*data.draw(pieces(stream), label="pieces"), *([b""] if end else [])])
     if stream == valid and end:
         assert len(order) >= 3
 

@@ -16,11 +16,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz.budget import fuzz_settings
-from fuzz.corruption import corrupted
+from fuzz.checks import check_log_recovery
+from fuzz.corruption import corrupted, valid_log
 from taskraft.raft import (
     Configuration,
-    Entry,
-    EntryKind,
     HardState,
     LogIndex,
     NodeId,
@@ -31,33 +30,6 @@ from taskraft.raft import (
 from taskraft.storage import StorageError
 from taskraft.storage.hard_state_file import decode_hard_state, encode_hard_state
 from taskraft.storage.snapshot_files import SnapshotStore
-from taskraft.storage.wal import WriteAheadLog
-
-# Small segments, so that the log spans several files and damage can hit any of them.
-SEGMENT_SIZE_MAX_BYTES = 200
-ENTRIES = [
-    Entry(
-        Term(1 + index // 7),
-        LogIndex(index),
-        (EntryKind.COMMAND, EntryKind.NOOP)[index % 2],
-        bytes([index]) * (index % 11),
-    )
-    for index in range(1, 31)
-]
-
-
-@functools.cache
-def valid_log() -> dict[str, bytes]:
-    """The segment files of a log holding ENTRIES, by name."""
-    with tempfile.TemporaryDirectory() as directory:
-        with WriteAheadLog.open(
-            Path(directory), segment_size_max_bytes=SEGMENT_SIZE_MAX_BYTES
-        ) as log:
-            log.append(ENTRIES)
-            log.sync()
-        files = {path.name: path.read_bytes() for path in Path(directory).iterdir()}
-    assert len(files) > 2, "the log should span several segments"
-    return files
 
 
 @fuzz_settings(150)
@@ -67,19 +39,7 @@ def test_a_damaged_log_recovers_a_prefix_or_raises_storage_error(data: st.DataOb
     name = data.draw(st.sampled_from(sorted(files)), label="segment")
     damaged = data.draw(corrupted(files[name]), label="content")
     with tempfile.TemporaryDirectory() as directory:
-        for file_name, content in files.items():
-            (Path(directory) / file_name).write_bytes(damaged if file_name == name else content)
-        try:
-            log = WriteAheadLog.open(Path(directory), segment_size_max_bytes=SEGMENT_SIZE_MAX_BYTES)
-        except StorageError:
-            return
-        with log:
-            recovered = log.entries()
-            assert recovered == ENTRIES[: len(recovered)]
-            # The recovered log is usable: the next entry can be appended after its end.
-            next_index = len(recovered) + 1
-            log.append([Entry(Term(9), LogIndex(next_index), EntryKind.NOOP)])
-            log.sync()
+        check_log_recovery(Path(directory), {**files, name: damaged}, expect_prefix=True)
 
 
 METADATA = SnapshotMetadata(

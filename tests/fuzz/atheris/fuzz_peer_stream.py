@@ -4,9 +4,11 @@ tests/fuzz/test_peer_authentication_frames.py feeds `PeerStreamReceiver` damaged
 random; atheris mutates the bytes towards code not run yet (the handshake, challenge and proof
 checks, then the Raft message decoder). Each input is a prefix of a real authenticated stream
 (handshake, challenge, proof, messages), so that mutations reach the later frames, followed by
-arbitrary bytes, fed in arbitrary pieces. The receiver may only give the events it documents
-or raise `RemotePeerError` (the peer broke the protocol), and holds no more than it was fed;
-any other exception is a bug.
+arbitrary bytes, fed in arbitrary pieces (`fuzz.streams.fuzzed_pieces`). The receiver may only
+give the events it documents or raise `RemotePeerError` (the peer broke the protocol), holds no
+more than it was fed, and gives the authentication frames first and in order:
+`fuzz.checks.check_peer_stream`, the check the Hypothesis test makes too. Any other exception
+is a bug.
 
 Run: `python tests/fuzz/atheris/fuzz_peer_stream.py -runs=100000` (libFuzzer options);
 tests/fuzz/test_atheris.py runs it briefly, `make fuzz` for a minute.
@@ -15,35 +17,29 @@ tests/fuzz/test_atheris.py runs it briefly, `make fuzz` for a minute.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import atheris
 
+# The shared helpers are the package `fuzz` in tests/, which a script run from anywhere
+# does not otherwise see.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 with atheris.instrument_imports(include=["taskraft"]):
-    from taskraft.peer import END_OF_STREAM, RemotePeerError
+    from fuzz.checks import CLUSTER, LOCAL, SENDER, check_peer_stream
+    from fuzz.streams import fuzzed_pieces
     from taskraft.peer.codec import (
         PeerChallenge,
         PeerHandshake,
         PeerProof,
-        PeerStreamReceiver,
         encode_challenge,
         encode_handshake,
         encode_message,
         encode_proof,
     )
-    from taskraft.peer.limits import (
-        AUTH_NONCE_SIZE_BYTES,
-        AUTH_PROOF_SIZE_BYTES,
-        PEER_FRAME_SIZE_MAX_BYTES,
-    )
-    from taskraft.protocol.limits import FRAME_PREFIX_BYTES
-    from taskraft.raft import Entry, EntryKind, LogIndex, NodeId, Term
+    from taskraft.peer.limits import AUTH_NONCE_SIZE_BYTES, AUTH_PROOF_SIZE_BYTES
+    from taskraft.raft import Entry, EntryKind, LogIndex, Term
     from taskraft.raft.messages import AppendEntries, Message, RequestVote
-
-SENDER = NodeId("node-b")
-LOCAL = NodeId("node-a")
-CLUSTER = "blue"
-PIECE_COUNT_MAX = 16
-PIECE_SIZE_MAX_BYTES = 64
 
 
 def _valid_stream() -> bytes:
@@ -74,52 +70,7 @@ VALID_STREAM = _valid_stream()
 
 
 def test_one_input(data: bytes) -> None:
-    provider = atheris.FuzzedDataProvider(data)
-    prefix = VALID_STREAM[: provider.ConsumeIntInRange(0, len(VALID_STREAM))]
-    piece_sizes = provider.ConsumeIntListInRange(
-        provider.ConsumeIntInRange(0, PIECE_COUNT_MAX), 1, PIECE_SIZE_MAX_BYTES
-    )
-    end = provider.ConsumeBool()
-    stream = prefix + provider.ConsumeBytes(provider.remaining_bytes())
-    pieces = []
-    for size in piece_sizes:
-        if stream:
-            pieces.append(stream[:size])
-            stream = stream[size:]
-    if stream:
-        pieces.append(stream)
-    if end:
-        pieces.append(b"")
-
-    receiver = PeerStreamReceiver(
-        local_node_id=LOCAL,
-        cluster_id=CLUSTER,
-        frame_size_max_bytes=PEER_FRAME_SIZE_MAX_BYTES,
-        require_proof=True,
-    )
-    order: list[type] = []
-    fed = 0
-    try:
-        for piece in pieces:
-            receiver.receive_data(piece)
-            fed += len(piece)
-            while (event := receiver.next_event()) is not None and event is not END_OF_STREAM:
-                order.append(type(event))
-                if isinstance(event, PeerProof):
-                    receiver.proof_verified()
-                elif not isinstance(event, PeerHandshake | PeerChallenge):
-                    assert isinstance(event, Message), f"an undocumented event: {event!r}"
-                    assert event.sender == SENDER, f"a message from another sender: {event!r}"
-            if receiver.authenticated:
-                assert receiver.buffered_bytes < FRAME_PREFIX_BYTES + PEER_FRAME_SIZE_MAX_BYTES
-            else:
-                assert receiver.buffered_bytes <= fed
-            if event is END_OF_STREAM:
-                break
-    except RemotePeerError:
-        pass
-    # The authentication frames come first, in their order, and once each.
-    assert order[:3] == [PeerHandshake, PeerChallenge, PeerProof][: min(3, len(order))], order
+    check_peer_stream(fuzzed_pieces(atheris.FuzzedDataProvider(data), VALID_STREAM))
 
 
 def main() -> None:

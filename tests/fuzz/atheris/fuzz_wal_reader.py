@@ -2,12 +2,13 @@
 
 tests/fuzz/test_storage_corruption.py damages a valid log at random; atheris mutates the damage
 towards code not run yet: header checks, record checksums, the torn-tail repair, the gap checks
-between segments. Each input picks a segment of a valid multi-segment log and either cuts it
-short, XORs bytes into it, or replaces it with arbitrary bytes. Opening the log must recover or
-raise `StorageError`, nothing else; a recovered log holds consecutive entries and accepts the
-next one. A log only cut short must recover a prefix of what was written (XORed or replaced
-bytes could in principle forge a record with a valid checksum, so only the shape is checked
-for those).
+between segments. Each input picks a segment of the same valid multi-segment log
+(`fuzz.corruption.valid_log`) and either cuts it short, XORs bytes into it, or replaces it with
+arbitrary bytes. Opening the log must recover or raise `StorageError`, nothing else; a
+recovered log holds consecutive entries and accepts the next one. A log only cut short must
+recover a prefix of what was written (XORed or replaced bytes could in principle forge a record
+with a valid checksum, so only the shape is checked for those). `fuzz.checks.check_log_recovery`
+is that check, which the Hypothesis test makes too.
 
 Run: `python tests/fuzz/atheris/fuzz_wal_reader.py -runs=10000` (libFuzzer options);
 tests/fuzz/test_atheris.py runs it briefly, `make fuzz` for a minute.
@@ -22,38 +23,17 @@ from pathlib import Path
 
 import atheris
 
+# The shared helpers are the package `fuzz` in tests/, which a script run from anywhere
+# does not otherwise see.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 with atheris.instrument_imports(include=["taskraft"]):
-    from taskraft.raft import Entry, EntryKind, LogIndex, Term
-    from taskraft.storage import StorageError
-    from taskraft.storage.wal import WriteAheadLog
+    from fuzz.checks import check_log_recovery
+    from fuzz.corruption import valid_log
 
-# Small segments, so that the log spans several files and damage can hit any of them.
-SEGMENT_SIZE_MAX_BYTES = 200
-ENTRIES = [
-    Entry(
-        Term(1 + index // 7),
-        LogIndex(index),
-        (EntryKind.COMMAND, EntryKind.NOOP)[index % 2],
-        bytes([index]) * (index % 11),
-    )
-    for index in range(1, 31)
-]
-CUT, XOR, REPLACE = range(3)
-
-
-def _valid_log() -> dict[str, bytes]:
-    """The segment files of a log holding ENTRIES, by name."""
-    with tempfile.TemporaryDirectory() as directory:
-        with WriteAheadLog.open(
-            Path(directory), segment_size_max_bytes=SEGMENT_SIZE_MAX_BYTES
-        ) as log:
-            log.append(ENTRIES)
-            log.sync()
-        return {path.name: path.read_bytes() for path in Path(directory).iterdir()}
-
-
-VALID_LOG = _valid_log()
+VALID_LOG = valid_log()
 SEGMENT_NAMES = sorted(VALID_LOG)
+CUT, XOR, REPLACE = range(3)
 
 
 def _damaged(provider: atheris.FuzzedDataProvider) -> tuple[str, bytes, int]:
@@ -77,25 +57,9 @@ def test_one_input(data: bytes) -> None:
     name, damaged, damage = _damaged(provider)
     # libFuzzer ends the process without unwinding, so no directory outlives its input.
     with tempfile.TemporaryDirectory(prefix="fuzz-wal-") as directory:
-        _recover(Path(directory), name, damaged, damage)
-
-
-def _recover(directory: Path, name: str, damaged: bytes, damage: int) -> None:
-    for file_name, content in VALID_LOG.items():
-        (directory / file_name).write_bytes(damaged if file_name == name else content)
-    try:
-        log = WriteAheadLog.open(directory, segment_size_max_bytes=SEGMENT_SIZE_MAX_BYTES)
-    except StorageError:
-        return
-    with log:
-        recovered = log.entries()
-        indexes = [entry.index for entry in recovered]
-        assert indexes == list(range(1, len(recovered) + 1)), indexes
-        if damage == CUT:
-            assert recovered == ENTRIES[: len(recovered)]
-        # The recovered log is usable: the next entry can be appended after its end.
-        log.append([Entry(Term(9), LogIndex(len(recovered) + 1), EntryKind.NOOP)])
-        log.sync()
+        check_log_recovery(
+            Path(directory), {**VALID_LOG, name: damaged}, expect_prefix=damage == CUT
+        )
 
 
 def main() -> None:
