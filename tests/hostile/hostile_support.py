@@ -21,6 +21,7 @@ import contextlib
 import random
 import socket
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,6 +134,17 @@ class NodeUnderAttack:
                 payload = f"kept-{index}".encode()
                 task_id = client.enqueue(KEPT_QUEUE, payload, priority=index % 3)
                 self.kept_tasks[task_id] = payload
+
+
+def counter_value(node: NodeUnderAttack, name: str) -> float:
+    """The value of an unlabelled counter (`NAME_total`) of the node's /metrics."""
+    url = node.cluster.http_url(NODE_ID, "/metrics")
+    with urllib.request.urlopen(url, timeout=DEADLINE_SECONDS) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}_total "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name}_total is not in the metrics")
 
 
 def check_node_serves(node: NodeUnderAttack, *, verify_payloads: bool = False) -> None:

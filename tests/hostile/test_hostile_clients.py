@@ -50,6 +50,7 @@ from hostile_support import (
     check_node_serves,
     close_all,
     connection_error,
+    counter_value,
     flood,
     full_log,
     model_answer,
@@ -278,6 +279,7 @@ def test_length_prefix_out_of_bounds_is_refused_on_the_prefix_alone(
 ) -> None:
     length = OVERSIZED[case]
     prefix = struct.pack(">I", length)
+    failures_before = counter_value(node, "taskraft_client_protocol_failures")
     with RawConnection.open(node.address) as connection:
         if after_handshake:
             connection.handshake()
@@ -296,6 +298,8 @@ def test_length_prefix_out_of_bounds_is_refused_on_the_prefix_alone(
             while sent < BODY_BYTES_TRIED:
                 connection.socket.settimeout(DEADLINE_SECONDS)
                 sent += connection.socket.send(chunk)
+    # The bound bit, and the metrics say so.
+    assert counter_value(node, "taskraft_client_protocol_failures") == failures_before + 1
     check_node_serves(node)
 
 

@@ -178,6 +178,9 @@ class ClientListener:
         # long_polls_max.
         self.handshake_timeouts = 0
         self.long_polls_refused = 0
+        # Connections closed for breaking the protocol (a frame beyond the size bound,
+        # malformed msgpack, a bad handshake, a request id reused while in flight).
+        self.protocol_failures = 0
         self.requests_in_flight = 0
         # Requests in flight by token name (a name is here only while it has some), and those
         # refused at requests_per_token_max by token name. Names come from the token file only.
@@ -803,6 +806,7 @@ class _ClientConnection(asyncio.Protocol):
                     self._listener.requests_rejected += 1
                     logger.debug("request %s rejected: %s", event.request_id, event.error)
                 elif isinstance(event, ProtocolFailure):
+                    self._listener.protocol_failures += 1
                     logger.debug("client connection failed: %s", event.error)
                     self._close_after_flush()
                     return

@@ -311,8 +311,8 @@ class _NodeCollector(Collector):
         refused = CounterMetricFamily(
             "taskraft_peer_handshakes_refused",
             "Peer connections closed before any Raft message, by side (incoming: another "
-            "process connected; outgoing: this node did) and reason (malformed, cluster_id, "
-            "unauthenticated, bad_proof, unknown_sender, timeout, closed)",
+            "process connected; outgoing: this node did) and reason (tls, malformed, "
+            "cluster_id, unauthenticated, bad_proof, unknown_sender, timeout, closed)",
             labels=["side", "reason"],
         )
         for (side, reason), count in transport.refusals().items():
@@ -327,6 +327,23 @@ class _NodeCollector(Collector):
         authenticated.add_metric(["incoming"], counters.authenticated_incoming)
         authenticated.add_metric(["outgoing"], counters.authenticated_outgoing)
         yield authenticated
+        bounds = {
+            "taskraft_peer_connections_refused": (
+                "Incoming peer connections closed unserved because as many as the bound "
+                "allows (64) were open or in their TLS handshake",
+                counters.incoming_refused,
+            ),
+            "taskraft_peer_messages_dropped": (
+                "Raft messages this node gave up sending: a peer's send queue was at its "
+                "bound, or its connection failed with them queued (Raft sends again what "
+                "still matters)",
+                counters.dropped,
+            ),
+        }
+        for name, (documentation, count) in bounds.items():
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], count)
+            yield counter
 
     def _queues(self, node: Node) -> Iterator[Metric]:
         replica = node.replica
@@ -399,6 +416,11 @@ class _NodeCollector(Collector):
             "taskraft_long_polls_refused": (
                 "Dequeues refused `overloaded` because long_polls_max were waiting already",
                 listener.long_polls_refused,
+            ),
+            "taskraft_client_protocol_failures": (
+                "Client connections closed for breaking the protocol: a frame beyond the size "
+                "bound, malformed msgpack, a bad handshake, a request id reused in flight",
+                listener.protocol_failures,
             ),
         }
         for name, (documentation, count) in counters.items():
