@@ -18,26 +18,24 @@ beside a TLS one: a node either encrypts everything or nothing.
 - Versions and ciphers: TLS 1.2 or newer, with OpenSSL's default secure ciphers.
 
 Rotation: `NodeTls.reload_if_changed` reads the three files (a Kubernetes Secret volume swaps
-them through a symlink) and, when their contents changed, loads that one reading into a scratch
-context first. Only if that succeeds (a key that does not match its certificate, or a
-half-written file, fails) is the same reading loaded into the live contexts, which every new
-connection uses from then on; connections already open keep their session. A failed reload
-keeps the certificate in force, logs once per change and is tried again later. An
-authority added to CA is trusted at once; one removed stays trusted until the node restarts
-(OpenSSL can add to a live trust store but not take away), which docs/security.md says.
+them through a symlink) and, when their contents changed, loads that one reading into three new
+contexts. Only if all load (a key that does not match its certificate, or a half-written file,
+fails) do they replace the contexts in force, which every new connection uses from then on;
+connections already open keep their session. A failed reload keeps the certificate in force,
+logs once per change and is tried again later. An authority added to CA is trusted from the
+next connection on, and one removed no longer is.
 
 `client_context` builds what a client (the Python client, the CLI, the operator) uses: verify
 the node against CA (or the system's authorities), check the host name, and optionally present
 a client certificate.
 
 `TlsAcceptor` serves TLS on a plain listening socket. The node's servers accept plain TCP and
-wrap each admitted connection in asyncio's own TLS protocol, so that a connection is admitted
-(or refused, at no cost) before its TLS handshake, and the handshakes under way at once are
-bounded (`pending_max`) as well as timed out: a flood of half-open handshakes cannot take every
-file descriptor nor the event loop's time. (The loop's `create_server(ssl=...)` would handshake
-first and let the protocol count the connection only afterwards; accepting plain and calling
-`start_tls` later is not an option with uvloop, which reads the first bytes before the protocol
-can pause.)
+wrap each connection in asyncio's own TLS protocol themselves, so that the handshakes under way
+are bounded (`pending_max`, the oldest evicted beyond it) as well as timed out, and can be
+aborted at shutdown: a flood of half-open handshakes cannot take every file descriptor, nor
+keep a genuine peer out for long. (The loop's `create_server(ssl=...)` bounds neither; accepting
+plain and calling `start_tls` later is not an option with uvloop, which reads the first bytes
+before the protocol can pause.)
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ import ssl
 import tempfile
 import time
 from asyncio import sslproto
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,15 +107,22 @@ def _read_material(files: TlsFiles) -> _Material:
 def _private_files(*contents: bytes) -> Iterator[list[str]]:
     """Paths from which OpenSSL can read `contents`: anonymous memory files where the system
     has them (a key never touches a disk again), else a private temporary directory."""
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        descriptors: list[int] = []
-        try:
+    descriptors: list[int] = []
+    try:
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
             for content in contents:
                 descriptor = os.memfd_create("taskraft-tls", os.MFD_CLOEXEC)
                 descriptors.append(descriptor)
                 view = memoryview(content)
                 while view:
                     view = view[os.write(descriptor, view) :]
+    except OSError:
+        # No memory files here (a seccomp profile, a sandbox): the temporary directory below.
+        for descriptor in descriptors:
+            os.close(descriptor)
+        descriptors = []
+    if descriptors:
+        try:
             yield [f"/proc/self/fd/{descriptor}" for descriptor in descriptors]
         finally:
             for descriptor in descriptors:
@@ -157,8 +163,9 @@ def _load(context: ssl.SSLContext, material: _Material, files: TlsFiles) -> None
         ) from None
     if files.authority is not None:
         try:
-            context.load_verify_locations(cadata=material.authority.decode("ascii"))
-        except (ssl.SSLError, ValueError) as error:
+            with _private_files(material.authority) as (authority,):
+                context.load_verify_locations(cafile=authority)
+        except (ssl.SSLError, OSError) as error:
             raise TlsConfigurationError(
                 f"cannot read the trusted authorities {files.authority}: {error}"
             ) from None
@@ -177,10 +184,12 @@ def certificate_not_after(pem: bytes) -> float | None:
 
 
 class NodeTls:
-    """The live TLS contexts of one node, reloaded in place when its files change.
+    """The TLS contexts of one node, made anew from its files when they change.
 
     `client_port` serves the client protocol and the HTTP API; `peer_server` accepts peers and
-    `peer_client` dials them (module docstring).
+    `peer_client` dials them (module docstring). They are attributes that a reload replaces
+    with new contexts, all three together: users read them for each connection (the
+    listeners through `TlsAcceptor`, the peer transport for each dial), never keep one.
     """
 
     def __init__(self, files: TlsFiles, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -190,16 +199,8 @@ class NodeTls:
             )
         self.files = files
         self._clock = clock
-        self.client_port = _base_context(ssl.PROTOCOL_TLS_SERVER)
-        self.client_port.verify_mode = ssl.CERT_OPTIONAL
-        self.peer_server = _base_context(ssl.PROTOCOL_TLS_SERVER)
-        self.peer_server.verify_mode = ssl.CERT_REQUIRED
-        self.peer_client = _base_context(ssl.PROTOCOL_TLS_CLIENT)
-        self.peer_client.check_hostname = True
-        self.peer_client.verify_mode = ssl.CERT_REQUIRED
         material = _read_material(files)
-        for context in self.contexts:
-            _load(context, material, files)
+        self.client_port, self.peer_server, self.peer_client = self._contexts(material)
         self._digest = material.digest
         # Successful and failed reloads since the start, for metrics and tests.
         self.reloads = 0
@@ -210,17 +211,34 @@ class NodeTls:
         self._failed: bytes | str | None = None
         self._retry_at = 0.0
 
+    def _contexts(
+        self, material: _Material
+    ) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+        """New contexts of the three kinds, loaded with `material`; TlsConfigurationError."""
+        client_port = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        client_port.verify_mode = ssl.CERT_OPTIONAL
+        peer_server = _base_context(ssl.PROTOCOL_TLS_SERVER)
+        peer_server.verify_mode = ssl.CERT_REQUIRED
+        peer_client = _base_context(ssl.PROTOCOL_TLS_CLIENT)
+        peer_client.check_hostname = True
+        peer_client.verify_mode = ssl.CERT_REQUIRED
+        for context in (client_port, peer_server, peer_client):
+            _load(context, material, self.files)
+        return client_port, peer_server, peer_client
+
     @property
     def contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (self.client_port, self.peer_server, self.peer_client)
 
     def reload_if_changed(self) -> bool:
-        """Load the files again if they changed since the last look; True when they were.
+        """Make new contexts if the files changed since the last look; True when it did.
 
-        What is loaded is one reading of the files, first into a scratch context, then into
-        each live one, so every context ends with the same certificate. A reading that cannot
-        be used (a key that does not fit: the files are being replaced one by one, say) is
-        read again at once, then left until the files change, or RELOAD_RETRY_INTERVAL_S.
+        One reading of the files is loaded into three new contexts, which replace the ones in
+        force only when all three loaded: every new connection then gets the new certificate
+        and trusts exactly the new authorities. A reading that cannot be used (a key that
+        does not fit: the files are being replaced one by one, say) is read again at once,
+        then left until the files change, or until RELOAD_RETRY_INTERVAL_S has passed (a
+        passing error: no memory, no descriptor).
         """
         for attempt in (1, 2):
             try:
@@ -232,20 +250,13 @@ class NodeTls:
             if material.digest == self._failed and self._clock() < self._retry_at:
                 return False
             try:
-                _load(_base_context(ssl.PROTOCOL_TLS_SERVER), material, self.files)
+                contexts = self._contexts(material)
             except TlsConfigurationError as error:
                 if attempt == 1:
                     continue  # perhaps caught halfway through a replacement: read again
                 return self._reload_failed(material.digest, error)
             break
-        try:
-            for context in self.contexts:
-                _load(context, material, self.files)
-        except TlsConfigurationError as error:
-            # The scratch load of the same bytes worked: a passing error (no memory, no file
-            # descriptor). Contexts loaded already serve the new certificate; all are loaded
-            # again on the retry.
-            return self._reload_failed(material.digest, error)
+        self.client_port, self.peer_server, self.peer_client = contexts
         self._digest = material.digest
         self._failed = None
         self.reloads += 1
@@ -294,72 +305,148 @@ def client_context(
     return context
 
 
-class RefusedConnection(asyncio.Protocol):
-    """What a refused connection gets: closed as soon as it is accepted, nothing read or
-    written (a TLS client could not read a plain error message anyway)."""
+class _PendingHandshake(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, keeping the accepted transport so that a handshake under way
+    can be aborted (evicted, or at shutdown)."""
+
+    raw_transport: asyncio.BaseTransport | None = None
+    aborted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        abort = getattr(transport, "abort", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.close()
+        self.raw_transport = transport
+        if self.aborted:
+            _abort(transport)  # connection_lost follows, and ends the waiter
+            return
+        super().connection_made(transport)
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.raw_transport is not None:
+            _abort(self.raw_transport)
+
+
+class _Connected(asyncio.Protocol):
+    """The application's protocol behind a TLS handshake, noting when the handshake is done
+    (the one `connection_made`), so that a connection that ends before counts as failed."""
+
+    def __init__(self, app: asyncio.Protocol) -> None:
+        self.app = app
+        self.made = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.made = True
+        self.app.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.app.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.app.eof_received()
+
+    def pause_writing(self) -> None:
+        self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.app.resume_writing()
+
+
+def _abort(transport: asyncio.BaseTransport) -> None:
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.close()
 
 
 class TlsAcceptor:
     """The server side of TLS for connections a plain listener accepted (module docstring).
 
-    `wrap(app, made=...)` returns the protocol to give the loop for one accepted connection:
-    asyncio's TLS protocol around `app`, which gets `connection_made` once the handshake is done
-    and then speaks plain bytes. None when `pending_max` handshakes are under way already: the
-    caller refuses the connection (`RefusedConnection`). `made()` says whether `app` was
-    connected; a connection that ends without it (a failed, timed-out or abandoned handshake) is
+    `wrap(app)` returns the protocol to give the loop for one accepted connection: asyncio's
+    TLS protocol around `app`, which gets `connection_made` once the handshake is done and then
+    speaks plain bytes. The context is `context()` at that moment (a reload replaces it). A
+    connection that ends before (a failed, timed-out, evicted or abandoned handshake) is
     counted in `failures` and reported to `on_failure` with the error, if there was one.
+
+    At most `pending_max` handshakes run at once: one more evicts the oldest (counted in
+    `evicted`). A genuine handshake takes milliseconds, so the oldest under way is the likeliest
+    to be a connection that sends nothing; a flood of those delays the others by no more than
+    it takes to replace the whole pool, and never holds more than `pending_max` descriptors.
+    Every handshake ends after `handshake_timeout_s`; `abort_pending` ends them all (shutdown).
     """
 
     def __init__(
-        self, context: ssl.SSLContext, *, handshake_timeout_s: float, pending_max: int
+        self,
+        context: Callable[[], ssl.SSLContext],
+        *,
+        handshake_timeout_s: float,
+        pending_max: int,
     ) -> None:
         if handshake_timeout_s <= 0 or pending_max < 1:
             raise ValueError("handshake_timeout_s must be positive and pending_max at least 1")
         self.context = context
         self.handshake_timeout_s = handshake_timeout_s
         self.pending_max = pending_max
-        # Handshakes under way now; those that failed; connections refused at pending_max.
-        self.pending = 0
+        self._pending: OrderedDict[int, _PendingHandshake] = OrderedDict()
+        # Handshakes that did not complete; those evicted to make room.
         self.failures = 0
-        self.refused = 0
+        self.evicted = 0
+
+    @property
+    def pending(self) -> int:
+        """Handshakes under way now."""
+        return len(self._pending)
 
     def wrap(
         self,
-        app: asyncio.BaseProtocol,
+        app: asyncio.Protocol,
         *,
-        made: Callable[[], bool],
         on_failure: Callable[[BaseException | None], None] | None = None,
-    ) -> asyncio.BaseProtocol | None:
-        if self.pending >= self.pending_max:
-            self.refused += 1
-            return None
+    ) -> asyncio.BaseProtocol:
         loop = asyncio.get_running_loop()
+        while len(self._pending) >= self.pending_max:
+            _, oldest = self._pending.popitem(last=False)
+            self.evicted += 1
+            oldest.abort()
         waiter: asyncio.Future[None] = loop.create_future()
-        self.pending += 1
+        connected = _Connected(app)
+        protocol = _PendingHandshake(
+            loop,
+            connected,
+            self.context(),
+            waiter,
+            server_side=True,
+            # Any number of seconds (typeshed says int).
+            ssl_handshake_timeout=self.handshake_timeout_s,  # type: ignore[arg-type]
+        )
+        key = id(protocol)
+        self._pending[key] = protocol
+
+        def expire() -> None:
+            # asyncio ends every handshake it started within its timeout; this ends the one
+            # the loop never started (the transport could not be made).
+            if not waiter.done():
+                protocol.abort()
+                waiter.cancel()
+
+        timer = loop.call_later(self.handshake_timeout_s + 1.0, expire)
 
         def finished(future: asyncio.Future[None]) -> None:
-            self.pending -= 1
+            timer.cancel()
+            self._pending.pop(key, None)
             error = None if future.cancelled() else future.exception()
-            if error is not None or not made():
+            if error is not None or not connected.made:
                 self.failures += 1
                 logger.debug("TLS handshake failed: %r", error)
                 if on_failure is not None:
                     on_failure(error)
 
         waiter.add_done_callback(finished)
-        return sslproto.SSLProtocol(
-            loop,
-            app,
-            self.context,
-            waiter,
-            server_side=True,
-            # Any number of seconds (typeshed says int).
-            ssl_handshake_timeout=self.handshake_timeout_s,  # type: ignore[arg-type]
-        )
+        return protocol
+
+    def abort_pending(self) -> None:
+        """End every handshake under way (the listener closes)."""
+        for protocol in list(self._pending.values()):
+            protocol.abort()

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,33 +103,48 @@ def secret_text(secret: Mapping[str, Any], key: str) -> str | None:
         return None
 
 
+_CERTIFICATE_BLOCK = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+# How long the operator keeps trusting a cluster's previous authority after `ca.crt` changed:
+# enough for the kubelet to give every pod the new files, which it does within a minute or two.
+PREVIOUS_AUTHORITY_GRACE_S = 600.0
+
+
 @dataclass(slots=True)
 class TrustCache:
-    """The SSL context of the authorities the operator trusts the nodes by, kept while they do
-    not change.
+    """The SSL context of the authorities the operator trusts a cluster's nodes by, kept while
+    they do not change.
 
     When `ca.crt` changes (the authority is rotated), the previous authority stays trusted
-    along with the new one until the next change (or a restart of the operator): the pods see
-    the new files only when the kubelet updates their volumes, and until then serve
-    certificates of the old one.
+    along with the new one for PREVIOUS_AUTHORITY_GRACE_S: the pods see the new files only
+    when the kubelet updates their volumes, and until then serve certificates of the old one.
+    Then only the new one is trusted (a rotation after a compromise ends the old trust).
     """
 
+    clock: Callable[[], float] = time.monotonic
     authority: str | None = None
     previous: str | None = None
+    previous_until: float = 0.0
     context: ssl.SSLContext | None = field(default=None, repr=False)
 
     def context_for(self, authority_pem: str) -> ssl.SSLContext:
-        if self.context is None or authority_pem != self.authority:
-            previous = self.authority if self.authority is not None else self.previous
-            trusted = authority_pem if previous is None else f"{authority_pem}\n{previous}"
-            try:
-                context = ssl.create_default_context(cadata=trusted)
-            except (ssl.SSLError, ValueError) as error:
-                raise CredentialsUnavailable(
-                    f"its {TLS_AUTHORITY_KEY} is not PEM: {error}"
-                ) from None
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            self.context, self.authority, self.previous = context, authority_pem, previous
+        now = self.clock()
+        if self.context is not None and authority_pem == self.authority:
+            if self.previous is None or now < self.previous_until:
+                return self.context
+            self.previous = None  # the grace is over: the new authority alone
+        elif self.authority is not None and authority_pem != self.authority:
+            self.previous, self.previous_until = self.authority, now + PREVIOUS_AUTHORITY_GRACE_S
+        pems = (authority_pem,) if self.previous is None else (authority_pem, self.previous)
+        # The certificates alone: a bundle's comments may hold text that is not ASCII.
+        trusted = "\n".join(block for pem in pems for block in _CERTIFICATE_BLOCK.findall(pem))
+        try:
+            context = ssl.create_default_context(cadata=trusted or authority_pem)
+        except (ssl.SSLError, ValueError) as error:
+            raise CredentialsUnavailable(f"its {TLS_AUTHORITY_KEY} is not PEM: {error}") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context, self.authority = context, authority_pem
         return self.context
 
 
@@ -159,7 +176,7 @@ def _check_owner(secret: Mapping[str, Any], owner: Mapping[str, Any], name: str)
     deleted cluster of the same name not yet collected, is not used (nor overwritten)."""
     uid = (owner.get("metadata") or {}).get("uid")
     references = (secret.get("metadata") or {}).get("ownerReferences") or []
-    if not any(reference.get("uid") == uid for reference in references):
+    if not uid or not any(reference.get("uid") == uid for reference in references):
         raise CredentialsUnavailable(
             f"the Secret {name} exists but this QueueCluster did not make it (no owner "
             "reference to it): delete it to have credentials made, or, to keep it, add an "
@@ -183,11 +200,11 @@ async def node_access(
             "them, or delete the Secret to have new credentials made (every client then needs "
             "the new tokens, and the pods a restart)"
         )
-    # Sent whenever there is one: a node without tokens ignores it, and one that has not yet
-    # restarted after authentication was turned off still requires it.
+    # Known even with authentication off: a node not yet restarted since it was turned off
+    # still requires it (NodeAccess says when it is sent).
     token = secret_text(secret, ADMIN_TOKEN_KEY)
     if desired.tls_secret_name is None:
-        return NodeAccess(token=token)
+        return NodeAccess(token=token, token_required=desired.authentication)
     tls_secret = await api.get(SECRETS, desired.namespace, desired.tls_secret_name)
     if tls_secret is None:
         raise CredentialsUnavailable(
@@ -204,7 +221,7 @@ async def node_access(
         context = trust.context_for(authority)
     except CredentialsUnavailable as error:
         raise CredentialsUnavailable(f"the TLS Secret {desired.tls_secret_name}: {error}") from None
-    return NodeAccess(token=token, tls=context)
+    return NodeAccess(token=token, tls=context, token_required=desired.authentication)
 
 
 __all__ = [

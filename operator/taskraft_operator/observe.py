@@ -373,19 +373,30 @@ class NodeAnswer:
 
 @dataclass(frozen=True, slots=True)
 class NodeAccess:
-    """How the operator reaches one cluster's nodes: the bearer token it sends (its admin
-    token, None for a cluster without authentication) and, under TLS, the context that trusts
-    the cluster's authority (None: plain HTTP)."""
+    """How the operator reaches one cluster's nodes: its admin token, whether the nodes
+    require it, and, under TLS, the context that trusts the cluster's authority (None: plain
+    HTTP).
+
+    The token goes with every request over TLS or when the nodes require one. Over plain HTTP
+    to nodes that do not (authentication turned off), it is kept back, and sent only to a node
+    that answers 401: one not yet restarted since authentication was turned off.
+    """
 
     token: str | None = None
     tls: ssl.SSLContext | None = None
+    token_required: bool = True
 
     @property
     def scheme(self) -> str:
         return "http" if self.tls is None else "https"
 
-    def headers(self) -> dict[str, str]:
-        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
+    @property
+    def sends_token(self) -> bool:
+        return self.token is not None and (self.token_required or self.tls is not None)
+
+    def headers(self, *, with_token: bool | None = None) -> dict[str, str]:
+        send = self.sends_token if with_token is None else with_token and self.token is not None
+        return {"Authorization": f"Bearer {self.token}"} if send else {}
 
     def __repr__(self) -> str:
         # Never the token.
@@ -428,19 +439,25 @@ class NodeHttp:
         self, address: str, access: NodeAccess = OPEN_ACCESS
     ) -> dict[str, Any] | None:
         """The node's /v1/status document, or None when it does not answer in time."""
-        try:
-            async with self._session_now().get(
-                f"{access.scheme}://{address}/v1/status",
-                timeout=self.status_timeout,
-                headers=access.headers(),
-                ssl=True if access.tls is None else access.tls,
-            ) as response:
-                if response.status != 200:
-                    return None
-                document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
-        return document if isinstance(document, dict) else None
+        with_token = access.sends_token
+        for _ in range(2):
+            try:
+                async with self._session_now().get(
+                    f"{access.scheme}://{address}/v1/status",
+                    timeout=self.status_timeout,
+                    headers=access.headers(with_token=with_token),
+                    ssl=True if access.tls is None else access.tls,
+                ) as response:
+                    if response.status == 401 and not with_token and access.token is not None:
+                        with_token = True  # a node that still requires it (NodeAccess)
+                        continue
+                    if response.status != 200:
+                        return None
+                    document = await response.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                return None
+            return document if isinstance(document, dict) else None
+        return None
 
     async def call(
         self,
@@ -456,10 +473,11 @@ class NodeHttp:
         """
         url = f"{access.scheme}://{address}{path}"
         data = None if body is None else json.dumps(body).encode()
-        headers = access.headers()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        for _ in range(self.redirects_max + 1):
+        with_token = access.sends_token
+        for _ in range(self.redirects_max + 2):
+            headers = access.headers(with_token=with_token)
+            if data is not None:
+                headers["Content-Type"] = "application/json"
             async with self._session_now().request(
                 method,
                 url,
@@ -472,6 +490,9 @@ class NodeHttp:
                 text = await response.text()
                 location = response.headers.get("Location")
                 status = response.status
+            if status == 401 and not with_token and access.token is not None:
+                with_token = True  # a node that still requires it (NodeAccess)
+                continue
             if status in (307, 308) and location:
                 target = urljoin(url, location)
                 if urlsplit(target).scheme != access.scheme:

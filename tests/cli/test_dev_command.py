@@ -7,6 +7,7 @@ variables a user would export. Every read of its output has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -63,12 +64,22 @@ class Output:
 
 @pytest.fixture
 def dev_process(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """The `taskraft dev` processes a test started, each in a session of its own: whatever
+    happens, the whole group (the command and the nodes it runs) is stopped at the end."""
     started: list[subprocess.Popen[str]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        for stop_signal in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, stop_signal)
+            try:
+                process.wait(DEADLINE_S / 2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The nodes too, should the command have died before stopping them.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def start_dev(
@@ -98,6 +109,7 @@ def start_dev(
         stderr=subprocess.STDOUT,
         text=True,
         env=environment,
+        start_new_session=True,
     )
     started.append(process)
     lines = Output(process).read_until("Ctrl-C stops the cluster", DEADLINE_S)

@@ -43,7 +43,12 @@ from taskraft.errors import Forbidden, Unauthenticated
 from taskraft.tls import TlsFiles, client_context
 from taskraft_operator import metrics
 from taskraft_operator.actions import ActionContext, carry_out
-from taskraft_operator.credentials import CredentialsUnavailable, TrustCache, secret_text
+from taskraft_operator.credentials import (
+    PREVIOUS_AUTHORITY_GRACE_S,
+    CredentialsUnavailable,
+    TrustCache,
+    secret_text,
+)
 from taskraft_operator.handlers import ClusterMemory, OperatorConfig, reconcile, register
 from taskraft_operator.model import (
     DesiredSpec,
@@ -847,10 +852,11 @@ def test_a_redirect_to_another_scheme_is_not_followed_with_the_token() -> None:
     run(scenario())
 
 
-def test_the_trusted_authorities_keep_the_previous_one_across_a_rotation(tmp_path: Path) -> None:
+def test_the_trusted_authorities_keep_the_previous_one_for_a_while(tmp_path: Path) -> None:
     first = CertificateAuthority.create(tmp_path / "first", "ca", "first")
     second = CertificateAuthority.create(tmp_path / "second", "ca", "second")
     third = CertificateAuthority.create(tmp_path / "third", "ca", "third")
+    now = [0.0]
 
     def subjects(context: ssl.SSLContext) -> set[str]:
         return {
@@ -858,13 +864,22 @@ def test_the_trusted_authorities_keep_the_previous_one_across_a_rotation(tmp_pat
             for authority in context.get_ca_certs()
         }
 
-    trust = TrustCache()
-    pem = {ca.files.certificate: ca.files.certificate.read_text() for ca in (first, second, third)}
-    context = trust.context_for(pem[first.files.certificate])
+    def pem(authority: CertificateAuthority) -> str:
+        # A bundle as distributions write them: comments, some not ASCII.
+        return "# Főtanúsítvány\n" + authority.files.certificate.read_text()
+
+    trust = TrustCache(clock=lambda: now[0])
+    context = trust.context_for(pem(first))
     assert subjects(context) == {"first"}
-    assert trust.context_for(pem[first.files.certificate]) is context  # unchanged: kept
-    assert subjects(trust.context_for(pem[second.files.certificate])) == {"first", "second"}
-    assert subjects(trust.context_for(pem[third.files.certificate])) == {"second", "third"}
+    assert trust.context_for(pem(first)) is context  # unchanged: kept
+    # Rotated: the previous authority is trusted too, while the pods take up the new files...
+    assert subjects(trust.context_for(pem(second))) == {"first", "second"}
+    now[0] += PREVIOUS_AUTHORITY_GRACE_S / 2
+    assert subjects(trust.context_for(pem(second))) == {"first", "second"}
+    # ...and no longer once that is over.
+    now[0] += PREVIOUS_AUTHORITY_GRACE_S
+    assert subjects(trust.context_for(pem(second))) == {"second"}
+    assert subjects(trust.context_for(pem(third))) == {"second", "third"}
     with pytest.raises(CredentialsUnavailable, match="not PEM"):
         TrustCache().context_for("not a certificate")
 
@@ -896,5 +911,43 @@ def test_a_credentials_secret_the_cluster_did_not_make_is_not_used(tmp_path: Pat
             finally:
                 await api.close()
                 await http.close()
+
+    run(scenario())
+
+
+def test_without_authentication_the_admin_token_goes_only_to_a_node_that_asks() -> None:
+    """Plain HTTP to a cluster whose authentication is off: the token is kept back, and sent
+    only to a node that answers 401 (one not yet restarted since it was turned off)."""
+    seen: dict[str, list[str | None]] = {"open": [], "requiring": []}
+    token = "admin-token-" + "b" * 20
+
+    def node(kind: str) -> web.Application:
+        async def status(request: web.Request) -> web.Response:
+            authorization = request.headers.get("Authorization")
+            seen[kind].append(authorization)
+            if kind == "requiring" and authorization != f"Bearer {token}":
+                return web.json_response({"error": {"message": "unauthenticated"}}, status=401)
+            return web.json_response({"node_id": "qc-0"})
+
+        application = web.Application()
+        application.router.add_get("/v1/status", status)
+        return application
+
+    async def scenario() -> None:
+        servers = {kind: TestServer(node(kind), host="127.0.0.1") for kind in seen}
+        for server in servers.values():
+            await server.start_server()
+        http = NodeHttp()
+        access = NodeAccess(token=token, token_required=False)
+        try:
+            for kind, server in servers.items():
+                document = await http.status(f"127.0.0.1:{server.port}", access)
+                assert document == {"node_id": "qc-0"}, kind
+        finally:
+            await http.close()
+            for server in servers.values():
+                await server.close()
+        assert seen == {"open": [None], "requiring": [None, f"Bearer {token}"]}
+        assert NodeAccess(token=token).sends_token  # required: always sent
 
     run(scenario())

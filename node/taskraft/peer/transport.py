@@ -83,7 +83,7 @@ from taskraft.peer.limits import (
 )
 from taskraft.raft.messages import Message
 from taskraft.raft.types import NodeId
-from taskraft.tls import RefusedConnection, TlsAcceptor
+from taskraft.tls import TlsAcceptor
 
 logger = logging.getLogger(__name__)
 
@@ -201,11 +201,13 @@ class PeerTransport:
     peer that proved it, refuses the connection when it returns False. Without a secret a
     connection is served once its handshake is in, as before.
 
-    `tls_server` and `tls_client` (taskraft.tls.NodeTls) put every connection under mutual TLS:
-    accepted ones with the first, dialed ones with the second, which also checks that the
-    peer's certificate names the host dialed. The TLS handshake comes before everything above;
-    an accepted connection is admitted (incoming_connections_max) before it, and the handshake
-    timeout covers both. A failed TLS handshake is refused with the reason `tls`.
+    `tls_server` and `tls_client` give the contexts in force (taskraft.tls.NodeTls) that put
+    every connection under mutual TLS: accepted ones with the first, dialed ones with the
+    second, which also checks that the peer's certificate names the host dialed. The TLS
+    handshake comes before everything above, with a handshake timeout of its own; at most
+    incoming_connections_max accepted ones run at once (the oldest evicted beyond:
+    taskraft.tls.TlsAcceptor). A failed TLS handshake is refused with the reason `tls` (on the
+    dialing side, TLS 1.3 reports a refused client certificate only as the peer closing).
     """
 
     def __init__(
@@ -224,8 +226,8 @@ class PeerTransport:
         random_source: random.Random | None = None,
         cluster_secret: bytes | None = None,
         admit_sender: Callable[[NodeId], bool] | None = None,
-        tls_server: ssl.SSLContext | None = None,
-        tls_client: ssl.SSLContext | None = None,
+        tls_server: Callable[[], ssl.SSLContext] | None = None,
+        tls_client: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         if (tls_server is None) != (tls_client is None):
             raise ValueError("TLS needs both a server and a client context, or neither")
@@ -301,8 +303,7 @@ class PeerTransport:
                 self._accept, self._listen_host, self._listen_port, limit=READ_CHUNK_SIZE_BYTES
             )
         else:
-            # Plain TCP, each connection admitted (incoming_connections_max) before its TLS
-            # handshake (taskraft.tls.TlsAcceptor), so handshakes under way count.
+            # Each accepted connection wrapped by taskraft.tls.TlsAcceptor.
             self._server = await asyncio.get_running_loop().create_server(
                 self._new_tls_connection, self._listen_host, self._listen_port
             )
@@ -323,6 +324,8 @@ class PeerTransport:
         self._closed = True
         if self._server is not None:
             self._server.close()
+        if self._tls_acceptor is not None:
+            self._tls_acceptor.abort_pending()
         for link in self._links.values():
             self._counters.dropped += link.discard_queue()
         self._links.clear()
@@ -479,7 +482,7 @@ class PeerTransport:
                 reader, writer = await asyncio.open_connection(
                     host,
                     port,
-                    ssl=self._tls_client,
+                    ssl=None if self._tls_client is None else self._tls_client(),
                     server_hostname=None if self._tls_client is None else host,
                 )
         except ssl.SSLError as error:
@@ -643,27 +646,18 @@ class PeerTransport:
     # -- incoming connections ------------------------------------------------------------------
 
     def _new_tls_connection(self) -> asyncio.BaseProtocol:
-        """The protocol of a connection just accepted under TLS: admitted now, before the
-        handshake (`_accept` once it is done); a refused one is closed at once."""
+        """The protocol of a connection just accepted under TLS: its handshake first, then
+        `_accept` as for a plain connection."""
         acceptor = self._tls_acceptor
         assert acceptor is not None
-        if self._closed or self._incoming_full(len(self._incoming) + acceptor.pending):
-            return RefusedConnection()
-        accepted: list[bool] = []
-
-        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            accepted.append(True)
-            self._accept(reader, writer, admitted=True)
-
         reader = asyncio.StreamReader(limit=READ_CHUNK_SIZE_BYTES)
-        wrapped = acceptor.wrap(
-            asyncio.StreamReaderProtocol(reader, connected),
-            made=lambda: bool(accepted),
-            on_failure=self._tls_refused,
+        return acceptor.wrap(
+            asyncio.StreamReaderProtocol(reader, self._accept), on_failure=self._tls_refused
         )
-        return RefusedConnection() if wrapped is None else wrapped
 
     def _tls_refused(self, error: BaseException | None) -> None:
+        if self._closed:
+            return  # ended by the shutdown, not refused
         self._counters.incoming_errors += 1
         self._refuse_incoming(
             "tls",
@@ -672,31 +666,19 @@ class PeerTransport:
             error,
         )
 
-    def _incoming_full(self, open_connections: int) -> bool:
-        """Whether a new connection must be refused: incoming_connections_max are open (or
-        in their TLS handshake) already."""
-        if open_connections < self._limits.incoming_connections_max:
-            return False
-        self._counters.incoming_refused += 1
-        logger.warning(
-            "refusing a peer connection: %d connections are open already", open_connections
-        )
-        return True
+    @property
+    def tls_handshakes_evicted(self) -> int:
+        """Accepted TLS handshakes ended to make room (incoming_connections_max under way)."""
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.evicted
 
-    def _accept(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        admitted: bool = False,
-    ) -> None:
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Called by the server for each accepted connection (under TLS, once its handshake is
-        done, `admitted` before it); serves it in a tracked task."""
+        done); serves it in a tracked task."""
         peer_address = writer.get_extra_info("peername")
         if self._closed:
             writer.transport.abort()
             return
-        if not admitted and len(self._incoming) >= self._limits.incoming_connections_max:
+        if len(self._incoming) >= self._limits.incoming_connections_max:
             self._counters.incoming_refused += 1
             logger.warning(
                 "refusing a peer connection from %s: %d connections are open already",

@@ -86,7 +86,7 @@ from taskraft.queue.limits import LEASE_MS_DEFAULT
 from taskraft.raft import Role
 from taskraft.server.authentication import Identity, TokenStore, operation_permission
 from taskraft.server.replica import Replica
-from taskraft.tls import RefusedConnection, TlsAcceptor
+from taskraft.tls import TlsAcceptor
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ClientListener:
         requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX,
         requests_per_token_max: int = 0,
         tokens: TokenStore | None = None,
-        tls: ssl.SSLContext | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         if connections_max < 1 or long_polls_max < 0:
             raise ValueError("connections_max must be >= 1 and long_polls_max >= 0")
@@ -144,9 +144,10 @@ class ClientListener:
         self.requests_per_token_max = requests_per_token_max
         # The tokens a handshake must present; None serves everyone (no authentication).
         self.tokens = tokens
-        # TLS on this port (taskraft.tls); None: plain TCP. The TLS handshake has the same
-        # deadline as the protocol's handshake (each); handshakes under way count as
-        # connections, and at most connections_max of them run at once.
+        # TLS on this port (taskraft.tls): the context in force now; None: plain TCP. The
+        # TLS handshake has the deadline of the protocol's handshake (each its own), and at
+        # most connections_max run at once, the oldest evicted beyond; a connection counts
+        # against connections_max once its TLS handshake is done.
         self.tls = tls
         self._tls_acceptor = (
             None
@@ -195,8 +196,7 @@ class ClientListener:
         if self._server is not None:
             raise RuntimeError("the client listener is already started")
         loop = asyncio.get_running_loop()
-        # Plain TCP even under TLS: a connection is admitted first (connections_max), then
-        # wrapped in TLS (taskraft.tls.TlsAcceptor), so handshakes under way count.
+        # Under TLS each accepted connection is wrapped by taskraft.tls.TlsAcceptor.
         self._server = await loop.create_server(self._new_connection, self._host, self._port)
 
     @property
@@ -213,30 +213,22 @@ class ClientListener:
 
     @property
     def tls_handshake_failures(self) -> int:
-        """TLS handshakes that failed: a client that does not trust this node, one whose
-        certificate this node does not trust, one that spoke no TLS, or a timeout."""
+        """TLS handshakes that did not complete: a client that does not trust this node, one
+        whose certificate this node does not trust, one that spoke no TLS, a timeout."""
         return 0 if self._tls_acceptor is None else self._tls_acceptor.failures
 
+    @property
+    def tls_handshakes_evicted(self) -> int:
+        """TLS handshakes ended to make room: connections_max were under way."""
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.evicted
+
     def _new_connection(self) -> asyncio.BaseProtocol:
-        """The protocol of a connection just accepted: under TLS, admitted now, before its
-        handshake (a refused one is closed at once)."""
+        """The protocol of a connection just accepted (under TLS, its TLS handshake first)."""
         connection = _ClientConnection(self)
         acceptor = self._tls_acceptor
         if acceptor is None:
             return connection
-        if self._admit(connection) is not None:
-            return RefusedConnection()
-        connection.admitted = True
-        wrapped = acceptor.wrap(
-            connection,
-            made=lambda: connection.made,
-            on_failure=lambda error: connection._end(),
-        )
-        if wrapped is None:
-            self._forget(connection)
-            self.connections_refused += 1
-            return RefusedConnection()
-        return wrapped
+        return acceptor.wrap(connection)
 
     @property
     def long_polls_waiting(self) -> int:
@@ -262,6 +254,8 @@ class ClientListener:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self._tls_acceptor is not None:
+            self._tls_acceptor.abort_pending()
         for connection in list(self._connections):
             connection.shut_down(Unavailable("this node is shutting down"))
         while self._tasks:
@@ -739,8 +733,7 @@ class _ClientConnection(asyncio.Protocol):
         self._writable.set()
         self._client_done = False  # the client ended its stream
         self._closed = False
-        # Admitted by the listener before the TLS handshake; connected (after it, under TLS).
-        self.admitted = False
+        # Connected (under TLS: its handshake done).
         self.made = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -749,15 +742,10 @@ class _ClientConnection(asyncio.Protocol):
         # A stream transport (uvloop's do not derive from asyncio.Transport, but behave alike).
         self._transport = cast(asyncio.Transport, transport)
         self.made = True
-        if self._closed:
-            # The listener closed while the TLS handshake was under way.
-            self._transport.abort()
+        refusal = self._listener._admit(self)
+        if refusal is not None:
+            self._fail(refusal)
             return
-        if not self.admitted:
-            refusal = self._listener._admit(self)
-            if refusal is not None:
-                self._fail(refusal)
-                return
         timeout = self._listener.handshake_timeout_s
         self._handshake_timer = asyncio.get_running_loop().call_later(
             timeout, self._handshake_expired, timeout
@@ -876,10 +864,6 @@ class _ClientConnection(asyncio.Protocol):
 
     def shut_down(self, error: TaskraftError) -> None:
         """Tell the client why, close, and cancel the requests in flight."""
-        if not self.made:
-            # Its TLS handshake is under way: it is aborted once connected.
-            self._end()
-            return
         if not self._closed:
             self._fail(error)
         transport = self._transport

@@ -58,7 +58,7 @@ from taskraft.protocol.schema import error_to_wire
 from taskraft.raft import LogIndex, MembershipChange, MembershipChangeKind, NodeId, Role
 from taskraft.server.authentication import Permission
 from taskraft.server.metrics import NodeMetrics
-from taskraft.tls import RefusedConnection, TlsAcceptor
+from taskraft.tls import TlsAcceptor
 
 if TYPE_CHECKING:
     from taskraft.server.node import Node
@@ -100,8 +100,10 @@ _HTTP_STATUS_OF_ERROR: dict[int, int] = {
 
 # The route that may require a token or not, as `metrics_require_token` says.
 _METRICS_PATH = "/metrics"
+# The routes whose requests count against requests_per_token_max: the queue API.
+_TOKEN_LIMITED_PREFIXES = ("/v1/queues", "/v1/tasks")
 # Under TLS: a connection's TLS handshake must end this soon, and at most this many run at once
-# (beyond, a new connection is closed unserved).
+# (beyond, the oldest is ended).
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 TLS_HANDSHAKES_MAX = REQUESTS_IN_FLIGHT_MAX
 
@@ -114,11 +116,11 @@ class HttpApi:
         host: str,
         port: int,
         metrics: NodeMetrics,
-        tls: ssl.SSLContext | None = None,
+        tls: Callable[[], ssl.SSLContext] | None = None,
     ) -> None:
         self._node = node
-        # HTTPS with this context (taskraft.tls), each connection's handshake bounded in time and
-        # in number before it is served; None: plain HTTP.
+        # HTTPS with the context in force (taskraft.tls), the handshakes under way bounded in
+        # time and in number; None: plain HTTP.
         self._tls_acceptor = (
             None
             if tls is None
@@ -179,8 +181,8 @@ class HttpApi:
             )
             await site.start()
             return
-        # aiohttp's sites handshake before anything counts a connection: its request handlers
-        # are served through a TlsAcceptor instead.
+        # aiohttp's sites leave the handshakes under way unbounded: its request handlers are
+        # served through a TlsAcceptor instead.
         self._tls_server = await asyncio.get_running_loop().create_server(
             self._new_tls_connection, self._host, self._port, backlog=REQUESTS_IN_FLIGHT_MAX
         )
@@ -189,18 +191,16 @@ class HttpApi:
         assert self._runner is not None and self._tls_acceptor is not None
         server = self._runner.server
         assert server is not None
-        handler = server()
-        wrapped = self._tls_acceptor.wrap(handler, made=lambda: handler.transport is not None)
-        return RefusedConnection() if wrapped is None else wrapped
+        return self._tls_acceptor.wrap(server())
 
     @property
     def tls_handshake_failures(self) -> int:
         return 0 if self._tls_acceptor is None else self._tls_acceptor.failures
 
     @property
-    def tls_handshakes_refused(self) -> int:
-        """Connections closed unserved because TLS_HANDSHAKES_MAX handshakes were under way."""
-        return 0 if self._tls_acceptor is None else self._tls_acceptor.refused
+    def tls_handshakes_evicted(self) -> int:
+        """TLS handshakes ended to make room: TLS_HANDSHAKES_MAX were under way."""
+        return 0 if self._tls_acceptor is None else self._tls_acceptor.evicted
 
     @property
     def address(self) -> tuple[str, int]:
@@ -215,9 +215,11 @@ class HttpApi:
         return str(host), int(port)
 
     async def close(self) -> None:
-        if self._tls_server is not None:
-            self._tls_server.close()
-            self._tls_server = None
+        tls_server, self._tls_server = self._tls_server, None
+        if tls_server is not None:
+            tls_server.close()
+        if self._tls_acceptor is not None:
+            self._tls_acceptor.abort_pending()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -272,10 +274,11 @@ class HttpApi:
                     f"the role {identity.role.value} does not have"
                 )
             )
-        # The token's requests in flight count on this port as on the client port
-        # (requests_per_token_max).
+        # The token's queue requests in flight count on this port as on the client port
+        # (requests_per_token_max); status, metrics and the admin endpoints do not, so that
+        # a busy token never blinds its operator or its scraper.
         listener = self._node.listener
-        if listener is None:
+        if listener is None or not path.startswith(_TOKEN_LIMITED_PREFIXES):
             return await handler(request)
         refusal = listener._take_token_slot(identity)
         if refusal is not None:

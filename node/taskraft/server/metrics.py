@@ -241,14 +241,18 @@ class _NodeCollector(Collector):
         failures.add_metric(["client"], 0 if listener is None else listener.tls_handshake_failures)
         failures.add_metric(["http"], 0 if http is None else http.tls_handshake_failures)
         yield failures
-        refused = CounterMetricFamily(
-            "taskraft_tls_handshakes_refused",
-            "HTTP connections closed unserved because as many TLS handshakes as the bound "
-            "allows were under way (the client port counts them in "
-            "taskraft_client_connections_refused_total)",
+        evicted = CounterMetricFamily(
+            "taskraft_tls_handshakes_evicted",
+            "TLS handshakes ended to make room, by port: as many were under way as the port "
+            "allows (the client port's connections_max, 64 on the peer port, 256 on HTTP), and "
+            "these were the oldest",
+            labels=["port"],
         )
-        refused.add_metric([], 0 if http is None else http.tls_handshakes_refused)
-        yield refused
+        transport = node.transport
+        evicted.add_metric(["client"], 0 if listener is None else listener.tls_handshakes_evicted)
+        evicted.add_metric(["peer"], 0 if transport is None else transport.tls_handshakes_evicted)
+        evicted.add_metric(["http"], 0 if http is None else http.tls_handshakes_evicted)
+        yield evicted
 
     def _raft(self, node: Node) -> Iterator[Metric]:
         replica = node.replica
@@ -329,8 +333,8 @@ class _NodeCollector(Collector):
         yield authenticated
         bounds = {
             "taskraft_peer_connections_refused": (
-                "Incoming peer connections closed unserved because as many as the bound "
-                "allows (64) were open or in their TLS handshake",
+                "Incoming peer connections closed unserved because incoming_connections_max "
+                "were open already",
                 counters.incoming_refused,
             ),
             "taskraft_peer_messages_dropped": (

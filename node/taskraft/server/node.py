@@ -241,7 +241,7 @@ class Node:
                 long_polls_max=settings.long_polls_max,
                 requests_per_token_max=settings.requests_per_token_max,
                 tokens=self.tokens,
-                tls=None if tls is None else tls.client_port,
+                tls=None if tls is None else lambda: tls.client_port,
             )
             await self.listener.start()
             self.listener.on_request_done = self.metrics.request_done
@@ -250,7 +250,7 @@ class Node:
                 host=http_host,
                 port=http_port,
                 metrics=self.metrics,
-                tls=None if tls is None else tls.client_port,
+                tls=None if tls is None else lambda: tls.client_port,
             )
             await self.http.start()
             peers = _ConfiguredPeers(raft, self.metrics)
@@ -267,8 +267,8 @@ class Node:
                 or (None if peer_port == 0 else settings.peer_address),
                 client_address=self.advertised_client_address,
                 http_address=self.advertised_http_address,
-                tls_server=None if tls is None else tls.peer_server,
-                tls_client=None if tls is None else tls.peer_client,
+                tls_server=None if tls is None else lambda: tls.peer_server,
+                tls_client=None if tls is None else lambda: tls.peer_client,
             )
             peers.transport = self.transport
             peers.refresh()
