@@ -17,6 +17,8 @@
 - Rotation: a renewed certificate, swapped in the way a Kubernetes Secret volume swaps files
   (one symbolic link), is served on all three ports without a restart and counted; a key that
   does not match keeps the certificate in force and counts a failed reload.
+- A flood of connections that never handshake: the oldest handshakes are evicted at the
+  port's bound, and a genuine client gets in.
 - Options: a partial TLS configuration, or a key that does not fit, stops the start.
 
 Every wait is on a condition with a deadline; no test sleeps to synchronise.
@@ -24,6 +26,7 @@ Every wait is on a condition with a deadline; no test sleeps to synchronise.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -453,3 +456,44 @@ def test_a_key_that_does_not_match_the_certificate_stops_the_start(
     completed = subprocess.run(arguments, capture_output=True, text=True, timeout=60)
     assert completed.returncode != 0
     assert "cannot use certificate" in completed.stderr
+
+
+def test_connections_that_never_handshake_cannot_keep_a_client_out(
+    clusters: ClusterFactory, authorities: Authorities
+) -> None:
+    """At most connections_max TLS handshakes run at once; beyond, the oldest is ended. A
+    flood of connections that send nothing holds that many descriptors and no more, and a
+    genuine client, whose handshake takes milliseconds, gets in."""
+    bound = 4
+    cluster = clusters.start(
+        1, tls=authorities.node, extra_arguments=["--connections-max", str(bound)]
+    )
+    host, port = cluster.servers[0].rsplit(":", 1)
+    silent = [
+        socket.create_connection((host, int(port)), timeout=REFUSAL_WAIT_S)
+        for _ in range(3 * bound)
+    ]
+    try:
+        # The oldest were ended to make room for the newer ones.
+        with contextlib.suppress(ConnectionResetError):  # ended with a reset: ended all the same
+            assert silent[0].recv(1) == b""
+        wait_until(
+            lambda: (
+                (
+                    metric_or_none(
+                        cluster, "n1", "taskraft_tls_handshakes_evicted_total", port="client"
+                    )
+                    or 0
+                )
+                >= 2 * bound
+                or None
+            ),
+            "the oldest handshakes evicted",
+            DEADLINE_S,
+        )
+        with tls_client(cluster, client_context(authorities.authority)) as client:
+            client.create_queue("despite-the-flood")
+            assert client.count("despite-the-flood").ready == 0
+    finally:
+        for connection in silent:
+            connection.close()
