@@ -51,9 +51,11 @@ import tempfile
 import time
 from asyncio import sslproto
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
 
 logger = logging.getLogger(__name__)
 
@@ -150,34 +152,33 @@ def _base_context(purpose: int) -> ssl.SSLContext:
     return context
 
 
-def _load(context: ssl.SSLContext, material: _Material, files: TlsFiles) -> None:
-    """Load `material` (read from `files`) into `context`, or raise TlsConfigurationError
-    naming what is wrong."""
-    try:
-        with _private_files(material.certificate, material.key) as (certificate, key):
-            context.load_cert_chain(certificate, key, password=_no_passphrase)
-    except (ssl.SSLError, OSError) as error:
-        raise TlsConfigurationError(
-            f"cannot use certificate {files.certificate} with key {files.key} (a key must be "
-            f"unencrypted PEM): {error}"
-        ) from None
-    if files.authority is not None:
-        try:
-            with _private_files(material.authority) as (authority,):
-                context.load_verify_locations(cafile=authority)
-        except (ssl.SSLError, OSError) as error:
-            raise TlsConfigurationError(
-                f"cannot read the trusted authorities {files.authority}: {error}"
-            ) from None
+def _load(contexts: Iterable[ssl.SSLContext], material: _Material, files: TlsFiles) -> None:
+    """Load `material` (read from `files`) into each of `contexts`, or raise
+    TlsConfigurationError naming what is wrong."""
+    with _private_files(material.certificate, material.key, material.authority) as paths:
+        certificate, key, authority = paths
+        for context in contexts:
+            try:
+                context.load_cert_chain(certificate, key, password=_no_passphrase)
+            except (ssl.SSLError, OSError) as error:
+                raise TlsConfigurationError(
+                    f"cannot use certificate {files.certificate} with key {files.key} (a key "
+                    f"must be unencrypted PEM): {error}"
+                ) from None
+            if files.authority is not None:
+                try:
+                    context.load_verify_locations(cafile=authority)
+                except (ssl.SSLError, OSError) as error:
+                    raise TlsConfigurationError(
+                        f"cannot read the trusted authorities {files.authority}: {error}"
+                    ) from None
 
 
 def certificate_not_after(pem: bytes) -> float | None:
     """When the first certificate in `pem` expires (Unix seconds), or None if it is not one."""
     try:
-        from cryptography import x509
-
         certificate = x509.load_pem_x509_certificate(pem)
-    except (ValueError, ImportError):
+    except ValueError:
         return None
     not_after: datetime.datetime = certificate.not_valid_after_utc
     return not_after.timestamp()
@@ -222,13 +223,8 @@ class NodeTls:
         peer_client = _base_context(ssl.PROTOCOL_TLS_CLIENT)
         peer_client.check_hostname = True
         peer_client.verify_mode = ssl.CERT_REQUIRED
-        for context in (client_port, peer_server, peer_client):
-            _load(context, material, self.files)
+        _load((client_port, peer_server, peer_client), material, self.files)
         return client_port, peer_server, peer_client
-
-    @property
-    def contexts(self) -> tuple[ssl.SSLContext, ...]:
-        return (self.client_port, self.peer_server, self.peer_client)
 
     def reload_if_changed(self) -> bool:
         """Make new contexts if the files changed since the last look; True when it did.
@@ -393,11 +389,6 @@ class TlsAcceptor:
         # Handshakes that did not complete; those evicted to make room.
         self.failures = 0
         self.evicted = 0
-
-    @property
-    def pending(self) -> int:
-        """Handshakes under way now."""
-        return len(self._pending)
 
     def wrap(
         self,

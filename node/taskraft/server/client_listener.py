@@ -307,7 +307,7 @@ class ClientListener:
         counts.update(self._token_requests)
         return counts
 
-    def _take_token_slot(self, identity: Identity | None) -> Overloaded | None:
+    def take_token_slot(self, identity: Identity | None) -> Overloaded | None:
         """Count one more request in flight for `identity`'s token, or the `overloaded` error
         when its requests_per_token_max is reached (nothing is counted in flight then).
 
@@ -329,8 +329,8 @@ class ClientListener:
         self._token_requests[name] = in_flight + 1
         return None
 
-    def _release_token_slot(self, identity: Identity | None) -> None:
-        """One request of `identity`'s token counted by `_take_token_slot` is answered."""
+    def release_token_slot(self, identity: Identity | None) -> None:
+        """One request of `identity`'s token counted by `take_token_slot` is answered."""
         if identity is None or self.tokens is None:
             return
         name = identity.name
@@ -836,7 +836,7 @@ class _ClientConnection(asyncio.Protocol):
         requests_per_token_max from the start until the answer is written (or the task ends)."""
         listener = self._listener
         identity = self._identity
-        refusal = listener._take_token_slot(identity)
+        refusal = listener.take_token_slot(identity)
         if refusal is not None:
             await self._send(Response(request.request_id, error=refusal))
             return
@@ -844,7 +844,7 @@ class _ClientConnection(asyncio.Protocol):
             response = await listener.answer(request, identity)
             await self._send(response)
         finally:
-            listener._release_token_slot(identity)
+            listener.release_token_slot(identity)
 
     async def _send(self, response: Response) -> None:
         """Write `response` once the transport takes more, unless the connection is gone."""

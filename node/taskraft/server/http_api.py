@@ -280,13 +280,13 @@ class HttpApi:
         listener = self._node.listener
         if listener is None or not path.startswith(_TOKEN_LIMITED_PREFIXES):
             return await handler(request)
-        refusal = listener._take_token_slot(identity)
+        refusal = listener.take_token_slot(identity)
         if refusal is not None:
             return _error_response(refusal)
         try:
             return await handler(request)
         finally:
-            listener._release_token_slot(identity)
+            listener.release_token_slot(identity)
 
     # -- probes and status -------------------------------------------------------------------
 

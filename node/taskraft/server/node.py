@@ -417,7 +417,8 @@ class Node:
             try:
                 # On the loop's thread: the contexts it changes are in use here, and OpenSSL's
                 # contexts are not to be changed while another thread uses them. A look at
-                # unchanged files takes about 30 us; a reload about 7 ms, once per renewal.
+                # unchanged files takes tens of microseconds, a reload a few milliseconds, once
+                # per renewal (bench/tls_reload.py).
                 tls.reload_if_changed()
             except Exception:
                 # Never the end of reloading: a certificate that can no longer be renewed
