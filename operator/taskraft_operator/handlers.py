@@ -461,7 +461,8 @@ async def create_queues(
     async with AsyncClient(
         servers,
         client_name="taskraft-operator",
-        token=access.token,
+        # The same rule as NodeHttp's: never in the clear to nodes that do not ask for it.
+        token=access.token if access.sends_token else None,
         tls=access.tls,
         request_timeout_s=QUEUES_TIMEOUT_S,
     ) as client:
