@@ -84,7 +84,7 @@ def check_client_stream(pieces: Iterable[bytes]) -> ServedStream:
             if isinstance(event, ProtocolFailure | ConnectionClosed):
                 break
         # At most one incomplete frame waits, and its length was checked first.
-        assert server._decoder.buffered_bytes < FRAME_PREFIX_BYTES + CLIENT_FRAME_SIZE_MAX_BYTES
+        assert server.buffered_bytes < FRAME_PREFIX_BYTES + CLIENT_FRAME_SIZE_MAX_BYTES
         check_well_framed(server.data_to_send())
     return ServedStream(server, received)
 

@@ -165,6 +165,25 @@ def test_first_frame_must_be_the_handshake() -> None:
     assert isinstance(event.error, BadRequest)
 
 
+def test_a_failed_connection_keeps_nothing_of_what_was_sent_after_the_failure() -> None:
+    """Found by the fuzz tests: a bad handshake followed, in the same read, by many requests.
+    The connection fails at the handshake and reads no more; it must not hold the rest."""
+    server = ServerConnection(node_id="n1", frame_size_max_bytes=256)
+    bad_handshake = encode_frame({"taskrafx": 1, "client": ""})
+    requests = b"".join(encode_frame(Request(n, Status()).to_wire()) for n in range(1, 50))
+    assert len(requests) > 256
+    [failure] = server_events(server, bad_handshake + requests)
+    assert isinstance(failure, ProtocolFailure)
+    assert server.state is ConnectionState.FAILED
+    assert server.buffered_bytes == 0
+    # An error ended by the node itself (send_connection_error) drops them too.
+    _client, open_server = open_pair()
+    open_server.receive_data(encode_frame(Request(1, Status()).to_wire()) * 3)
+    assert open_server.buffered_bytes > 0
+    open_server.send_connection_error(Unavailable("shutting down"))
+    assert open_server.buffered_bytes == 0
+
+
 def test_a_nil_frame_is_a_frame_and_a_bad_request_not_a_wait_for_more_bytes() -> None:
     # As the handshake:
     server = ServerConnection(node_id="n1")

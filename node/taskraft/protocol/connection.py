@@ -113,6 +113,12 @@ class _Connection:
     def requests_in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received and not yet turned into events: at most one incomplete frame once
+        the events are taken, none once the connection failed."""
+        return self._decoder.buffered_bytes
+
     def receive_data(self, data: bytes) -> None:
         """Bytes read from the peer; b"" when it ended its stream."""
         if self._state is ConnectionState.FAILED:
@@ -145,6 +151,8 @@ class _Connection:
 
     def _fail(self, error: TaskraftError, *, reported_by_peer: bool) -> ProtocolFailure:
         self._state = ConnectionState.FAILED
+        # Nothing more is read from a failed connection: what it sent after is not kept.
+        self._decoder.discard()
         return ProtocolFailure(error=error, reported_by_peer=reported_by_peer)
 
 
@@ -219,6 +227,7 @@ class ServerConnection(_Connection):
         self._refuse_if_failed()
         self._send_frame(ErrorFrame(error).to_wire())
         self._state = ConnectionState.FAILED
+        self._decoder.discard()
 
     def _tell_client(self, failure: ProtocolFailure | None) -> ProtocolFailure | None:
         if failure is not None:

@@ -121,6 +121,11 @@ class FrameDecoder:
         """Bytes held: frames not yet taken plus at most one incomplete frame."""
         return len(self._buffer)
 
+    def discard(self) -> None:
+        """Drop every byte held: the connection failed, and nothing more of it is read."""
+        self._buffer.clear()
+        self._unchecked_offset = 0
+
     def receive_data(self, data: bytes) -> None:
         """Add bytes received from the peer; b"" means the peer ended the stream."""
         self._refuse_if_failed()
