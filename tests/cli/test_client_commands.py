@@ -9,13 +9,11 @@ deadline: the cluster's start and stop, and each command's own `--timeout`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import io
 import json
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 
 # The shared in-loop cluster lives with the server tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from served_cluster import DEADLINE_SECONDS, ServedCluster
+from served_cluster import ServedCluster, served_in_a_thread
 
 from taskraft.cli.client_commands import (
     EXIT_ERROR,
@@ -35,7 +33,6 @@ from taskraft.cli.client_commands import (
 )
 from taskraft.queue.limits import LEASE_MS_DEFAULT
 
-CLUSTER_SECONDS = DEADLINE_SECONDS * 2
 COMMAND_TIMEOUT = "5"
 
 
@@ -51,19 +48,8 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedCluster]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="served-cluster", daemon=True)
-    thread.start()
-    served = ServedCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        asyncio.run_coroutine_threadsafe(served.start(), loop).result(CLUSTER_SECONDS)
+    with served_in_a_thread(tmp_path_factory.mktemp("cluster")) as served:
         yield served
-    finally:
-        asyncio.run_coroutine_threadsafe(served.stop(), loop).result(CLUSTER_SECONDS)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(CLUSTER_SECONDS)
-        assert not thread.is_alive(), "the cluster's loop did not stop"
-        loop.close()
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,9 +9,7 @@ name and a hint, and never prints the token.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +17,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from served_cluster import DEADLINE_SECONDS, ServedCluster
+from served_cluster import ServedCluster, served_in_a_thread
 
 from taskraft.cli.client_commands import EXIT_ERROR, EXIT_OK, register_client_commands
 from taskraft.server.authentication import TokenStore
 
-CLUSTER_SECONDS = DEADLINE_SECONDS * 2
 # Long: a refusal that the client retried would take this long, and the test would see it.
 COMMAND_TIMEOUT = "20"
 
@@ -44,19 +41,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedCluster]
     directory = tmp_path_factory.mktemp("cluster")
     path = directory / "tokens"
     path.write_text(f"worker client {CLIENT_TOKEN}\ndashboard read {READ_TOKEN}\n")
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="served-cluster", daemon=True)
-    thread.start()
-    served = ServedCluster(directory / "data", tokens=TokenStore.load(path))
-    try:
-        asyncio.run_coroutine_threadsafe(served.start(), loop).result(CLUSTER_SECONDS)
+    with served_in_a_thread(directory / "data", tokens=TokenStore.load(path)) as served:
         yield served
-    finally:
-        asyncio.run_coroutine_threadsafe(served.stop(), loop).result(CLUSTER_SECONDS)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(CLUSTER_SECONDS)
-        assert not thread.is_alive(), "the cluster's loop did not stop"
-        loop.close()
 
 
 @pytest.fixture(autouse=True)

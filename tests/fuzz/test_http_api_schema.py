@@ -15,6 +15,7 @@ generation) are refused with a 4xx, never a 5xx, and leave the node healthy.
 from __future__ import annotations
 
 import json
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -38,8 +39,12 @@ from schemathesis.checks import (
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core.control import SkipTest
 
+# The helpers of the tests on real node processes live with the integration tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from process_cluster import TICK_INTERVAL_MS, wait_serving
+
 from fuzz.budget import examples
-from taskraft.local_cluster import LocalCluster, free_base_port, wait_until
+from taskraft.local_cluster import LocalCluster, free_base_port
 from taskraft.queue.limits import BUCKET_COUNT_MAX
 
 pytestmark = pytest.mark.timeout(300)
@@ -50,8 +55,6 @@ ADMIN_TOKEN = "fuzz-admin-token-" + "a" * 32
 WRONG_TOKEN_HEADERS = {"Authorization": "Bearer " + "unknown-token-" + "u" * 32}
 # The probes, and the metrics without --metrics-require-token, answer without a token.
 UNAUTHENTICATED = {"healthz", "readyz", "getMetrics"}
-TICK_INTERVAL_MS = 30
-DEADLINE_S = 30.0
 # How long a generated dequeue may wait for a task, instead of the documented 60 s maximum.
 WAIT_MS_MAX = 50
 DOCUMENTED_WAIT_MS_MAX = 60_000
@@ -127,14 +130,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     cluster.start()
     try:
-
-        def leader_or_exit() -> str | None:
-            if not cluster.is_running("n1"):
-                raise AssertionError("the node exited:\n" + cluster.log_tail("n1"))
-            return cluster.leader()
-
-        wait_until(leader_or_exit, "leader", DEADLINE_S)
-        cluster.wait_ready(DEADLINE_S)
+        wait_serving(cluster)
         yield f"http://{cluster.node('n1').http_address}"
     finally:
         cluster.stop()

@@ -3,19 +3,23 @@
 `ClusterFactory` starts `LocalCluster`s on ports no other test (nor another pytest-xdist worker)
 uses, in the test's own directory, and stops them when the test ends; conftest.py adds each
 node's log tail to the report of a failed test. The other helpers drive a cluster through the
-public client and `/v1/status`, and every one of them waits on a condition with a deadline.
+public client, `/v1/status` and the HTTP API (`http`), and every one of them waits on a condition
+with a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,6 +106,22 @@ def _leader_or_exit(cluster: LocalCluster) -> str | None:
     return cluster.leader()
 
 
+def wait_serving(cluster: LocalCluster) -> None:
+    """Wait for a leader and every node ready; a node that exits fails the test, with its log.
+
+    For a cluster a test started itself, not through `ClusterFactory` (which starts again).
+    """
+
+    def leader_or_exit() -> str | None:
+        for node_id in cluster.node_ids:
+            if not cluster.is_running(node_id):
+                raise AssertionError(f"the node {node_id} exited:\n" + cluster.log_tail(node_id))
+        return cluster.leader()
+
+    wait_until(leader_or_exit, "leader", DEADLINE_S)
+    cluster.wait_ready(DEADLINE_S)
+
+
 # -- observation ----------------------------------------------------------------------------
 
 
@@ -159,6 +179,44 @@ def leader_commit_index(cluster: LocalCluster) -> tuple[str, int]:
         return None if leader is None or index is None else (leader, index)
 
     return wait_until(read, "leader's commit index", DEADLINE_S)
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *arguments: Any, **keywords: Any) -> None:
+        return None
+
+
+# Redirects are answers the tests check (a follower's 307 to the leader), not to follow.
+OPENER_WITHOUT_REDIRECTS = urllib.request.build_opener(_NoRedirect)
+
+
+def http(
+    method: str, address: str, path: str, body: object = None, token: str | None = None
+) -> HttpAnswer:
+    """One plain-HTTP request, `body` sent as JSON and `token` as a bearer token; any status is
+    an answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with OPENER_WITHOUT_REDIRECTS.open(request, timeout=DEADLINE_S) as response:
+            return HttpAnswer(response.status, dict(response.headers), response.read())
+    except urllib.error.HTTPError as error:
+        return HttpAnswer(error.code, dict(error.headers), error.read())
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -240,19 +298,24 @@ __all__ = [
     "CLUSTERS_KEY",
     "DEADLINE_S",
     "DRAIN_LEASE_MS",
+    "OPENER_WITHOUT_REDIRECTS",
     "SHUTDOWN_TIMEOUT_MS",
+    "TICK_INTERVAL_MS",
     "ClusterFactory",
     "Delivery",
+    "HttpAnswer",
     "client",
     "drain",
     "enqueue_all",
     "followers",
     "free_base_port",
+    "http",
     "leader_commit_index",
     "log_tails",
     "status_field",
     "total",
     "wait_caught_up",
     "wait_for_new_leader",
+    "wait_serving",
     "wait_until",
 ]

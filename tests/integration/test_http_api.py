@@ -14,7 +14,6 @@ every wait on a condition with a deadline.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -27,40 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from process_cluster import DEADLINE_S, TICK_INTERVAL_MS, ClusterFactory, free_base_port
+from process_cluster import (
+    DEADLINE_S,
+    TICK_INTERVAL_MS,
+    ClusterFactory,
+    HttpAnswer,
+    free_base_port,
+    http,
+)
 
 from taskraft.client import Client
 from taskraft.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class HttpAnswer:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *arguments: Any, **keywords: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def http(method: str, address: str, path: str, body: object = None) -> HttpAnswer:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method)
-    try:
-        with _OPENER.open(request, timeout=DEADLINE_S) as response:
-            return HttpAnswer(response.status, dict(response.headers), response.read())
-    except urllib.error.HTTPError as error:
-        return HttpAnswer(error.code, dict(error.headers), error.read())
 
 
 def answers_unready(address: str) -> HttpAnswer | None:

@@ -26,7 +26,6 @@ plain sockets, HTTP through `urllib`, and every wait on a condition with a deadl
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import urllib.error
@@ -34,10 +33,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from process_cluster import CLUSTERS_KEY, DEADLINE_S, SHUTDOWN_TIMEOUT_MS, TICK_INTERVAL_MS
+from process_cluster import (
+    CLUSTERS_KEY,
+    DEADLINE_S,
+    OPENER_WITHOUT_REDIRECTS,
+    SHUTDOWN_TIMEOUT_MS,
+    TICK_INTERVAL_MS,
+    http,
+    wait_serving,
+)
 
 from taskraft.errors import Forbidden, Overloaded, Unauthenticated
 from taskraft.local_cluster import LocalCluster, free_base_port, wait_until
@@ -119,32 +125,29 @@ def start_cluster(directory: Path, *extra_arguments: str, http_token: str | None
     return cluster
 
 
-def wait_serving(cluster: LocalCluster) -> None:
-    def leader_or_exit() -> str | None:
-        if not cluster.is_running("n1"):
-            raise AssertionError("the node exited:\n" + cluster.log_tail("n1"))
-        return cluster.leader()
-
-    wait_until(leader_or_exit, "leader", DEADLINE_S)
-    cluster.wait_ready(DEADLINE_S)
-
-
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNode]:
-    directory = tmp_path_factory.mktemp("secured")
+def start_secured(directory: Path, *extra_arguments: str) -> SecuredNode:
+    """A node started with a token file of TOKENS and the old rotating token, in `directory`;
+    `LocalCluster` reads its status with the read token."""
     token_file = directory / "tokens"
     token_file.write_text(token_file_text(OLD_ROTATING_TOKEN))
     cluster = start_cluster(
         directory / "cluster",
         "--auth-token-file",
         str(token_file),
+        *extra_arguments,
         http_token=TOKENS["read"],
     )
+    return SecuredNode(cluster, token_file)
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredNode]:
+    node = start_secured(tmp_path_factory.mktemp("secured"))
     try:
-        wait_serving(cluster)
-        yield SecuredNode(cluster, token_file)
+        wait_serving(node.cluster)
+        yield node
     finally:
-        cluster.stop()
+        node.cluster.stop()
 
 
 @pytest.fixture
@@ -246,38 +249,6 @@ def expected_client_outcome(caller: str, operation: str) -> str:
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class HttpAnswer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *arguments: Any, **keywords: Any) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
-
-
-def http(
-    method: str, address: str, path: str, body: object = None, token: str | None = None
-) -> HttpAnswer:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with _OPENER.open(request, timeout=DEADLINE_S) as response:
-            return HttpAnswer(response.status, dict(response.headers), response.read())
-    except urllib.error.HTTPError as error:
-        return HttpAnswer(error.code, dict(error.headers), error.read())
 
 
 # (method, path, body, permission); bodies that change nothing lasting when served.
@@ -443,14 +414,14 @@ def test_a_malformed_authorization_header_is_unauthenticated(secured_node: Secur
         request = urllib.request.Request(f"http://{address}/v1/status")
         request.add_header("Authorization", header)
         with pytest.raises(urllib.error.HTTPError) as raised:
-            _OPENER.open(request, timeout=DEADLINE_S)
+            OPENER_WITHOUT_REDIRECTS.open(request, timeout=DEADLINE_S)
         assert raised.value.code == 401, header
         raised.value.close()
     assert http("GET", address, "/v1/status", token=TOKENS["read"]).status == 200
     # The scheme is case-insensitive.
     request = urllib.request.Request(f"http://{address}/v1/status")
     request.add_header("Authorization", f"bearer {TOKENS['read']}")
-    with _OPENER.open(request, timeout=DEADLINE_S) as response:
+    with OPENER_WITHOUT_REDIRECTS.open(request, timeout=DEADLINE_S) as response:
         assert response.status == 200
 
 
@@ -579,15 +550,7 @@ def test_a_malformed_token_file_stops_the_start_naming_the_line(
 def test_metrics_require_token_closes_metrics_to_callers_without_one(
     tmp_path: Path, clusters_for_report: list[LocalCluster]
 ) -> None:
-    token_file = tmp_path / "tokens"
-    token_file.write_text(token_file_text(OLD_ROTATING_TOKEN))
-    cluster = start_cluster(
-        tmp_path / "metrics",
-        "--auth-token-file",
-        str(token_file),
-        "--metrics-require-token",
-        http_token=TOKENS["read"],
-    )
+    cluster = start_secured(tmp_path, "--metrics-require-token").cluster
     clusters_for_report.append(cluster)
     try:
         wait_serving(cluster)
@@ -623,16 +586,7 @@ def token_metric(address: str, name: str, token_name: str) -> float | None:
 def test_requests_per_token_max_refuses_a_third_waiting_dequeue_of_one_token(
     tmp_path: Path, clusters_for_report: list[LocalCluster]
 ) -> None:
-    token_file = tmp_path / "tokens"
-    token_file.write_text(token_file_text(OLD_ROTATING_TOKEN))
-    cluster = start_cluster(
-        tmp_path / "limited",
-        "--auth-token-file",
-        str(token_file),
-        "--requests-per-token-max",
-        "2",
-        http_token=TOKENS["read"],
-    )
+    cluster = start_secured(tmp_path, "--requests-per-token-max", "2").cluster
     clusters_for_report.append(cluster)
     connections: list[RawConnection] = []
     try:

@@ -138,7 +138,8 @@ def test_a_bad_frame_of_the_exchange_is_the_peers_fault(
 # -- proofs ------------------------------------------------------------------------------------
 
 
-def proof(**changes: object) -> bytes:
+def connection(**changes: object) -> tuple[bytes, dict[str, object]]:
+    """The secret and the fields a proof is bound to, of one connection, with `changes`."""
     fields: dict[str, object] = {
         "direction": ProofDirection.INITIATOR,
         "cluster_id": "c1",
@@ -150,21 +151,16 @@ def proof(**changes: object) -> bytes:
     fields.update(changes)
     secret = fields.pop("secret", SECRET)
     assert isinstance(secret, bytes)
+    return secret, fields
+
+
+def proof(**changes: object) -> bytes:
+    secret, fields = connection(**changes)
     return handshake_proof(secret, **fields)  # type: ignore[arg-type]
 
 
 def valid(value: bytes, **changes: object) -> bool:
-    fields: dict[str, object] = {
-        "direction": ProofDirection.INITIATOR,
-        "cluster_id": "c1",
-        "initiator": A,
-        "acceptor": B,
-        "initiator_nonce": NONCE_I,
-        "acceptor_nonce": NONCE_A,
-    }
-    fields.update(changes)
-    secret = fields.pop("secret", SECRET)
-    assert isinstance(secret, bytes)
+    secret, fields = connection(**changes)
     return proof_is_valid(secret, value, **fields)  # type: ignore[arg-type]
 
 

@@ -7,19 +7,28 @@ every wait ends at a deadline (`wait_until`, `within_deadline`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import tracemalloc
-from collections.abc import Callable
 
 import pytest
 
-from peer.support import run, wait_until, within_deadline
+from peer.support import (
+    LOCALHOST,
+    Node,
+    close,
+    close_raw,
+    connected_pair,
+    raw_connection,
+    read_request,
+    read_until_closed,
+    run,
+    started,
+    wait_until,
+)
 from taskraft.local_cluster import free_port
 from taskraft.peer import (
     LocalPeerError,
-    PeerAddress,
     PeerHandshake,
     PeerTransport,
     TransportLimits,
@@ -34,95 +43,11 @@ from taskraft.raft import (
     LogIndex,
     Message,
     NodeId,
-    ReadIndexRequest,
     SnapshotMetadata,
     Term,
 )
 
 A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
-LOCALHOST = "127.0.0.1"
-
-
-class Node:
-    """A transport and the messages it delivered."""
-
-    def __init__(
-        self,
-        node_id: NodeId,
-        peers: dict[NodeId, PeerAddress] | None = None,
-        *,
-        port: int = 0,
-        limits: TransportLimits | None = None,
-        on_message: Callable[[Message], None] | None = None,
-    ) -> None:
-        self.received: list[Message] = []
-        self.transport = PeerTransport(
-            node_id,
-            LOCALHOST,
-            port,
-            peers or {},
-            on_message or self.received.append,
-            limits=limits,
-            random_source=random.Random(0),
-        )
-
-    @property
-    def address(self) -> PeerAddress:
-        return self.transport.listen_address
-
-    def request_ids(self) -> list[int]:
-        return [m.request_id for m in self.received if isinstance(m, ReadIndexRequest)]
-
-
-def read_request(sender: NodeId, recipient: NodeId, request_id: int) -> ReadIndexRequest:
-    return ReadIndexRequest(sender, recipient, Term(1), request_id)
-
-
-async def started(*nodes: Node) -> None:
-    for node in nodes:
-        await node.transport.start()
-
-
-async def connected_pair() -> tuple[Node, Node]:
-    a, b = Node(A), Node(B)
-    await started(a, b)
-    a.transport.set_peers({B: b.address})
-    b.transport.set_peers({A: a.address})
-    return a, b
-
-
-async def close(*nodes: Node) -> None:
-    for node in nodes:
-        await node.transport.close()
-
-
-async def closed_by_the_other_side(reader: asyncio.StreamReader) -> None:
-    """Wait until the connection ends: EOF, or a reset when the other side aborted it."""
-
-    async def read_to_end() -> None:
-        try:
-            while await reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-
-    await within_deadline(read_to_end(), "the transport to close the connection")
-
-
-async def raw_connection(
-    address: PeerAddress, data: bytes = b""
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(*address)
-    if data:
-        writer.write(data)
-        await writer.drain()
-    return reader, writer
-
-
-async def close_raw(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await within_deadline(writer.wait_closed(), "a raw connection to close")
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -288,7 +213,7 @@ def test_incoming_connections_are_bounded() -> None:
         second = await raw_connection(a.address)
         await wait_until(lambda: a.transport.counters.incoming_accepted == 2, "two accepted")
         reader, writer = await raw_connection(a.address)
-        await closed_by_the_other_side(reader)
+        await read_until_closed(reader)
         assert a.transport.counters.incoming_refused == 1
         await close_raw(writer)
         # A slot frees when a connection ends.
@@ -362,7 +287,7 @@ def test_garbage_is_disconnected_with_a_logged_error_and_peers_are_still_served(
     async def scenario() -> None:
         a, b = await connected_pair()
         reader, writer = await raw_connection(a.address, garbage)
-        await closed_by_the_other_side(reader)
+        await read_until_closed(reader)
         await close_raw(writer)
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert errors, "the disconnection was not logged as an error"
@@ -385,7 +310,7 @@ def test_a_silent_connection_is_closed_after_the_handshake_timeout(
         a = Node(A, limits=TransportLimits(handshake_timeout_ms=200))
         await started(a)
         reader, writer = await raw_connection(a.address)
-        await closed_by_the_other_side(reader)
+        await read_until_closed(reader)
         await close_raw(writer)
         assert any("no handshake within 200 ms" in r.getMessage() for r in caplog.records)
         await close(a)
@@ -421,7 +346,7 @@ def test_a_newer_connection_from_a_peer_replaces_the_older() -> None:
         _, new_writer = await raw_connection(
             a.address, handshake + encode_message(read_request(C, A, 2))
         )
-        await closed_by_the_other_side(old_reader)
+        await read_until_closed(old_reader)
         await wait_until(lambda: a.request_ids() == [1, 2], "the second connection's message")
         await close(a)
         for writer in (old_writer, new_writer):
@@ -545,7 +470,7 @@ def test_close_leaves_no_task_behind() -> None:
         await wait_until(lambda: a.transport.counters.connection_attempts >= 2, "an attempt to c")
         assert len(asyncio.all_tasks()) > 1
         await close(a, b)
-        await closed_by_the_other_side(silent_reader)
+        await read_until_closed(silent_reader)
         await close_raw(silent_writer)
         # run() fails the test if any task other than this one is still pending.
 

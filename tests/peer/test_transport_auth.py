@@ -19,14 +19,25 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from peer.support import run, wait_until, within_deadline
+from peer.support import (
+    LOCALHOST,
+    Node,
+    close,
+    close_raw,
+    connected_pair,
+    read_request,
+    read_until_closed,
+    run,
+    started,
+    wait_until,
+    within_deadline,
+)
 from taskraft.peer import (
     ChallengeResponseReceiver,
-    PeerAddress,
     PeerChallenge,
     PeerChallengeResponse,
     PeerHandshake,
@@ -42,87 +53,17 @@ from taskraft.peer import (
     encode_proof,
     handshake_proof,
 )
-from taskraft.raft import Message, NodeId, ReadIndexRequest, Term
+from taskraft.raft import NodeId
 
 A, B, C = NodeId("a"), NodeId("b"), NodeId("c")
-LOCALHOST = "127.0.0.1"
 SECRET = b"the secret of this test cluster, 48 bytes long.."
 OTHER_SECRET = b"the secret of another cluster, 48 bytes long...."
 NONCE = bytes(range(32))
 
 
-class Node:
-    """A transport with a secret, and the messages it delivered."""
-
-    def __init__(
-        self,
-        node_id: NodeId,
-        *,
-        secret: bytes | None = SECRET,
-        cluster_id: str | None = None,
-        admit_sender: Callable[[NodeId], bool] | None = None,
-        limits: TransportLimits | None = None,
-    ) -> None:
-        self.received: list[Message] = []
-        self.transport = PeerTransport(
-            node_id,
-            LOCALHOST,
-            0,
-            {},
-            self.received.append,
-            cluster_id=cluster_id,
-            limits=limits,
-            random_source=random.Random(0),
-            cluster_secret=secret,
-            admit_sender=admit_sender,
-        )
-
-    @property
-    def address(self) -> PeerAddress:
-        return self.transport.listen_address
-
-    def request_ids(self) -> list[int]:
-        return [m.request_id for m in self.received if isinstance(m, ReadIndexRequest)]
-
-    def refused(self, reason: str, side: str = "incoming") -> int:
-        return self.transport.refusals()[side, reason]
-
-
-def read_request(sender: NodeId, recipient: NodeId, request_id: int) -> ReadIndexRequest:
-    return ReadIndexRequest(sender, recipient, Term(1), request_id)
-
-
-async def pair(**options: object) -> tuple[Node, Node]:
-    a, b = Node(A, **options), Node(B, **options)  # type: ignore[arg-type]
-    for node in (a, b):
-        await node.transport.start()
-    a.transport.set_peers({B: b.address})
-    b.transport.set_peers({A: a.address})
-    return a, b
-
-
-async def close(*nodes: Node) -> None:
-    for node in nodes:
-        await node.transport.close()
-
-
-async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
-    """Everything the other side wrote until it closed the connection."""
-
-    async def read_to_end() -> bytes:
-        received = b""
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(65536):
-                received += chunk
-        return received
-
-    return await within_deadline(read_to_end(), "the transport to close the connection")
-
-
-async def close_raw(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await within_deadline(writer.wait_closed(), "a raw connection to close")
+def secured(node_id: NodeId, *, secret: bytes | None = SECRET, **options: Any) -> Node:
+    """A node of this test cluster: with its secret unless told otherwise."""
+    return Node(node_id, secret=secret, **options)
 
 
 async def still_served(a: Node, b: Node, request_id: int) -> None:
@@ -156,7 +97,7 @@ async def answer_of(
 
 def test_two_transports_with_the_secret_authenticate_and_exchange_messages() -> None:
     async def scenario() -> None:
-        a, b = await pair(cluster_id="c1")
+        a, b = await connected_pair(secret=SECRET, cluster_id="c1")
         for request_id in range(100):
             a.transport.send(read_request(A, B, request_id))
             b.transport.send(read_request(B, A, 1000 + request_id))
@@ -179,12 +120,12 @@ def test_two_transports_with_the_secret_authenticate_and_exchange_messages() -> 
 
 def test_a_peer_that_restarts_authenticates_again() -> None:
     async def scenario() -> None:
-        a, b = await pair()
+        a, b = await connected_pair(secret=SECRET)
         a.transport.send(read_request(A, B, 1))
         await wait_until(lambda: b.request_ids() == [1], "the first message")
         port = b.address[1]
         await b.transport.close()
-        b2 = Node(B)
+        b2 = secured(B)
         b2.transport = PeerTransport(
             B,
             LOCALHOST,
@@ -228,7 +169,7 @@ def test_a_process_that_cannot_prove_the_secret_is_refused_before_any_message(
     data: bytes, reason: str
 ) -> None:
     async def scenario() -> None:
-        a, b = await pair()
+        a, b = await connected_pair(secret=SECRET)
         reader, writer = await asyncio.open_connection(*a.address)
         writer.write(data)
         with contextlib.suppress(ConnectionError):
@@ -246,7 +187,7 @@ def test_a_process_that_cannot_prove_the_secret_is_refused_before_any_message(
 
 def test_a_wrong_proof_is_refused_and_no_message_after_it_is_read() -> None:
     async def scenario() -> None:
-        a, b = await pair()
+        a, b = await connected_pair(secret=SECRET)
         reader, writer = await asyncio.open_connection(*a.address)
         await answer_of(reader, writer, C, NONCE)
         writer.write(encode_proof(PeerProof(bytes(32))) + encode_message(read_request(C, A, 99)))
@@ -263,7 +204,7 @@ def test_a_wrong_proof_is_refused_and_no_message_after_it_is_read() -> None:
 
 def test_a_proof_reflected_back_at_its_maker_is_refused() -> None:
     async def scenario() -> None:
-        a, b = await pair()
+        a, b = await connected_pair(secret=SECRET)
         reader, writer = await asyncio.open_connection(*a.address)
         # Claim to be b, and hand a its own proof as b's: the directions differ.
         answer = await answer_of(reader, writer, B, NONCE)
@@ -279,7 +220,7 @@ def test_a_proof_reflected_back_at_its_maker_is_refused() -> None:
 
 def test_a_proof_recorded_on_another_connection_is_refused() -> None:
     async def scenario() -> None:
-        a = Node(A)
+        a = secured(A)
         await a.transport.start()
         # A proof b would have made for an earlier connection, with its nonces.
         old_proof = handshake_proof(
@@ -305,7 +246,7 @@ def test_a_proof_recorded_on_another_connection_is_refused() -> None:
 
 def test_a_peer_that_stops_after_its_challenge_is_dropped_at_the_handshake_timeout() -> None:
     async def scenario() -> None:
-        a = Node(A, limits=TransportLimits(handshake_timeout_ms=200))
+        a = secured(A, limits=TransportLimits(handshake_timeout_ms=200))
         await a.transport.start()
         reader, writer = await asyncio.open_connection(*a.address)
         await answer_of(reader, writer, C, NONCE)
@@ -333,8 +274,8 @@ def test_a_node_of_another_cluster_is_refused_both_ways(
     other: dict[str, object], reason: str
 ) -> None:
     async def scenario() -> None:
-        a, b = await pair()
-        stranger = Node(C, **other)  # type: ignore[arg-type]
+        a, b = await connected_pair(secret=SECRET)
+        stranger = secured(C, **other)  # type: ignore[arg-type]
         await stranger.transport.start()
         stranger.transport.set_peers({A: a.address})
         a.transport.set_peers({B: b.address, C: stranger.address})
@@ -363,10 +304,9 @@ def test_a_node_of_another_cluster_is_refused_both_ways(
 def test_an_authenticated_sender_that_is_not_admitted_is_refused() -> None:
     async def scenario() -> None:
         members = {A, B}
-        a = Node(A, admit_sender=members.__contains__)
-        b, c = Node(B), Node(C)
-        for node in (a, b, c):
-            await node.transport.start()
+        a = secured(A, admit_sender=members.__contains__)
+        b, c = secured(B), secured(C)
+        await started(a, b, c)
         b.transport.set_peers({A: a.address})
         c.transport.set_peers({A: a.address})
 
@@ -420,7 +360,7 @@ def test_a_listener_that_does_not_prove_the_secret_receives_no_message(answer: s
 
         server = await asyncio.start_server(impostor, LOCALHOST, 0)
         address = server.sockets[0].getsockname()[:2]
-        a = Node(A, limits=TransportLimits(handshake_timeout_ms=300))
+        a = secured(A, limits=TransportLimits(handshake_timeout_ms=300))
         a.transport.set_peers({B: address})
         a.transport.send(read_request(A, B, 1))
         reason = {"wrong proof": "bad_proof", "close": "closed", "silence": "timeout"}[answer]
@@ -444,7 +384,7 @@ def test_refusals_are_logged_at_most_once_per_interval(caplog: pytest.LogCapture
     caplog.set_level(logging.INFO, logger="taskraft.peer")
 
     async def scenario() -> None:
-        a = Node(A)
+        a = secured(A)
         await a.transport.start()
         for _ in range(20):
             reader, writer = await asyncio.open_connection(*a.address)

@@ -1,15 +1,19 @@
 """Three replicas on real storage, each behind a client listener, in one event loop.
 
-Shared by the listener and client tests. The router delivers every Raft message on a later turn
-of the loop, so the replicas interleave as over a network; the TCP peer transport has its own
-tests. Every wait is on a condition with a deadline.
+Shared by the listener and client tests, with `run`, which runs one test against a started
+cluster in a loop of its own, and by the command-line tests, with `served_in_a_thread`, which
+serves a cluster from a loop on a background thread while blocking code uses it. The router
+delivers every Raft message on a later turn of the loop, so the replicas interleave as over a
+network; the TCP peer transport has its own tests. Every wait is on a condition with a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,10 @@ from taskraft.server.client_listener import ClientListener
 from taskraft.storage import FileStorage, StorageWriter
 
 DEADLINE_SECONDS = 5.0
+# A whole test, the cluster's start and stop among it.
+TEST_SECONDS = 9.0
+# The start or the stop of a cluster served from a background thread.
+CLUSTER_SECONDS = DEADLINE_SECONDS * 2
 NODES = [NodeId("n1"), NodeId("n2"), NodeId("n3")]
 SETTINGS = ReplicaSettings(tick_interval_ms=10)
 OPTIONS = RaftOptions(election_timeout_ticks=10)
@@ -132,3 +140,42 @@ class ServedCluster:
             await self.tasks.pop(node_id)
             await replica.storage.close()
         self.router.replicas.clear()
+
+
+def run(
+    test: Callable[[ServedCluster], Awaitable[None]], directory: Path, **listener_options: Any
+) -> None:
+    """Run `test` against a started cluster in a fresh loop, within TEST_SECONDS; fail if it leaves
+    a task behind."""
+
+    async def scenario() -> None:
+        async with asyncio.timeout(TEST_SECONDS):
+            cluster = ServedCluster(directory, **listener_options)
+            try:
+                await cluster.start()
+                await test(cluster)
+            finally:
+                await cluster.stop()
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not leftover, f"tasks left behind: {leftover}"
+
+    asyncio.run(scenario())
+
+
+@contextlib.contextmanager
+def served_in_a_thread(directory: Path, **listener_options: Any) -> Iterator[ServedCluster]:
+    """A started cluster whose loop runs on a background thread; stopped, with its thread, on
+    exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="served-cluster", daemon=True)
+    thread.start()
+    served = ServedCluster(directory, **listener_options)
+    try:
+        asyncio.run_coroutine_threadsafe(served.start(), loop).result(CLUSTER_SECONDS)
+        yield served
+    finally:
+        asyncio.run_coroutine_threadsafe(served.stop(), loop).result(CLUSTER_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(CLUSTER_SECONDS)
+        assert not thread.is_alive(), "the cluster's loop did not stop"
+        loop.close()

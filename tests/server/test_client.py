@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from served_cluster import DEADLINE_SECONDS, ServedCluster, wait_for
+from served_cluster import DEADLINE_SECONDS, TEST_SECONDS, ServedCluster, run, wait_for
 
 from taskraft.client import AsyncClient, Client, QueueCounts, Task
 from taskraft.client.async_client import EnqueueItem
@@ -31,23 +30,6 @@ from taskraft.errors import (
 from taskraft.protocol import BATCH_PAYLOAD_BYTES_MAX, BATCH_TASKS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from taskraft.queue import Command, CommandResult, EnqueueManyResult
 from taskraft.queue import EnqueueMany as EnqueueManyCommand
-
-TEST_SECONDS = 9.0
-
-
-def run(test: Callable[[ServedCluster], Awaitable[None]], directory: Path) -> None:
-    async def scenario() -> None:
-        async with asyncio.timeout(TEST_SECONDS):
-            cluster = ServedCluster(directory)
-            try:
-                await cluster.start()
-                await test(cluster)
-            finally:
-                await cluster.stop()
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"tasks left behind: {leftover}"
-
-    asyncio.run(scenario())
 
 
 def closed_port_address() -> str:

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import served_cluster
 from served_cluster import DEADLINE_SECONDS, ServedCluster
 
 from taskraft.client import AsyncClient, Client
 from taskraft.errors import Forbidden, QueueNotFound, Unauthenticated
 from taskraft.server.authentication import TokenStore
 
-TEST_SECONDS = 9.0
 # Long, so that a retried refusal would show as a slow one.
 REQUEST_TIMEOUT_S = 20.0
 # A refusal is answered within a round trip; far below REQUEST_TIMEOUT_S.
@@ -42,18 +42,8 @@ def token_store(directory: Path) -> TokenStore:
 
 
 def run(test: Callable[[ServedCluster], Awaitable[None]], directory: Path) -> None:
-    async def scenario() -> None:
-        async with asyncio.timeout(TEST_SECONDS):
-            cluster = ServedCluster(directory / "cluster", tokens=token_store(directory))
-            try:
-                await cluster.start()
-                await test(cluster)
-            finally:
-                await cluster.stop()
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"tasks left behind: {leftover}"
-
-    asyncio.run(scenario())
+    """`served_cluster.run` with every listener given the token store."""
+    served_cluster.run(test, directory / "cluster", tokens=token_store(directory))
 
 
 def client(cluster: ServedCluster, token: str | None) -> AsyncClient:

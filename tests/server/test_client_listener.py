@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from served_cluster import DEADLINE_SECONDS, ServedCluster, wait_for
+from served_cluster import DEADLINE_SECONDS, ServedCluster, run, wait_for
 
 from taskraft.errors import NotLeader, Overloaded, TaskraftError
 from taskraft.protocol import (
@@ -41,8 +39,6 @@ from taskraft.protocol import (
     Status,
 )
 from taskraft.server.client_listener import ClientListener
-
-TEST_SECONDS = 9.0
 
 
 class Client:
@@ -103,21 +99,6 @@ async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
         while data := await reader.read(65536):
             received += data
     return bytes(received)
-
-
-def run(test: Callable[[ServedCluster], Awaitable[None]], directory: Path, **options: Any) -> None:
-    async def scenario() -> None:
-        async with asyncio.timeout(TEST_SECONDS):
-            cluster = ServedCluster(directory, **options)
-            try:
-                await cluster.start()
-                await test(cluster)
-            finally:
-                await cluster.stop()
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"tasks left behind: {leftover}"
-
-    asyncio.run(scenario())
 
 
 def test_enqueue_dequeue_in_priority_order_ack_and_count(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import random
 from pathlib import Path
 
 import pytest
-from served_cluster import OPTIONS, SETTINGS, ServedCluster, wait_for
-from test_client_listener import Client, run
+from served_cluster import OPTIONS, SETTINGS, ServedCluster, run, wait_for
+from test_client_listener import Client
 
 from taskraft.errors import NotLeader, Overloaded, TaskraftError, Unavailable
 from taskraft.protocol import (

@@ -14,8 +14,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from served_cluster import ServedCluster, wait_for
-from test_client_listener import Client, run
+from served_cluster import ServedCluster, run, wait_for
+from test_client_listener import Client
 
 from taskraft.errors import Overloaded
 from taskraft.protocol import (
